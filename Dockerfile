@@ -1,0 +1,110 @@
+# retriever: dense-retrieval server (FastAPI + FAISS + sentence-transformers), CPU image.
+#
+# Real users (a registry and PyPI reachable):
+#   docker build -t retriever .
+# Offline (this project's machines, no registry, no index inside the build): `make image`, i.e.
+#   make wheelhouse base-image          # ./wheelhouse from the host's pip, localhost/debian:bookworm from debootstrap
+#   podman build --build-arg BASE_IMAGE=localhost/debian:bookworm --build-arg PIP_NO_INDEX=1 -t localhost/retriever:dev .
+#
+# Runtime contract (docs/CONTRACT.md): listens on 0.0.0.0:8000 as UID 10001; index read from /data/index
+# (mount yours there, read-only); without a manifest.json there it serves the demo index baked at
+# /opt/retriever/demo-index; /var/cache/retriever and /tmp must be writable.
+
+# Any image with Python 3.11 at the same path in both stages: the venv is copied between them.
+ARG BASE_IMAGE=python:3.11-slim
+
+# ---------------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS builder
+
+ARG TORCH_VERSION=2.13.0
+# CPU-only torch. PyPI's Linux torch is the CUDA build (several GB); the PyTorch CPU index is not.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_INDEX_URL=https://pypi.org/simple
+# 1: install only from ./wheelhouse (copied to /wheels), never from an index.
+ARG PIP_NO_INDEX=0
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_FIND_LINKS=/wheels \
+    PIP_INDEX_URL=${PIP_INDEX_URL} \
+    PIP_NO_INDEX=${PIP_NO_INDEX} \
+    PATH=/opt/venv/bin:${PATH}
+
+RUN python3 -m venv /opt/venv
+
+# The wheelhouse is optional: README.wheelhouse is always there, the glob adds ./wheelhouse/* when it exists.
+COPY docker/README.wheelhouse wheelhouse* /wheels/
+
+# torch first and alone: its own layer (the largest), from the CPU index or the wheelhouse.
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+ && python3 -c "import torch, sys; v = torch.__version__; sys.exit(f'torch {v}: not a CPU build of ${TORCH_VERSION}' if not v.startswith('${TORCH_VERSION}') or torch.version.cuda else 0)"
+
+# Dependencies next, keyed on pyproject.toml + constraints.txt only (a code change does not reinstall them).
+COPY pyproject.toml constraints.txt docker/pyproject_requirements.py /tmp/deps/
+RUN python3 /tmp/deps/pyproject_requirements.py /tmp/deps/pyproject.toml demo > /tmp/deps/requirements.txt \
+ && pip install -c /tmp/deps/constraints.txt -r /tmp/deps/requirements.txt \
+ && rm -rf /tmp/deps
+
+# The service itself (not editable), then a consistency check of the whole venv.
+COPY pyproject.toml README.md /src/
+COPY app/ /src/app/
+RUN pip install --no-deps /src \
+ && pip check \
+ && rm -rf /src
+
+# ---------------------------------------------------------------------------------------------------
+# The demo index: the first DEMO_LIMIT Wikipedia leads, embedded with the bundled all-MiniLM-L6-v2.
+# Built at image build time (about DEMO_LIMIT / 30 s on 2 cores) so the container serves at once.
+FROM builder AS demo
+ARG DEMO_LIMIT=1000
+ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RETRIEVER_DATA_DIR=/tmp/demo-build
+RUN retriever build-demo --limit "${DEMO_LIMIT}" --out /opt/retriever/demo-index \
+ && retriever verify /opt/retriever/demo-index \
+ && rm -rf /tmp/demo-build
+
+# ---------------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG DEMO_LIMIT=1000
+LABEL org.opencontainers.image.title="retriever" \
+      org.opencontainers.image.description="Dense-retrieval server (FAISS + sentence-transformers) speaking Search-R1's POST /retrieve" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.retriever.demo-articles="${DEMO_LIMIT}" \
+      io.retriever.index-dir="/data/index" \
+      io.retriever.port="8000"
+
+# A numeric user with a passwd entry (some libraries look up the home directory); written directly so
+# that images without useradd (debootstrap minbase) work too.
+RUN echo "retriever:x:10001:10001:retriever:/home/retriever:/usr/sbin/nologin" >> /etc/passwd \
+ && echo "retriever:x:10001:" >> /etc/group \
+ && mkdir -p /home/retriever /data/index /var/cache/retriever \
+ && chown 10001:10001 /home/retriever /var/cache/retriever \
+ && chmod 0755 /data/index
+
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=demo /opt/retriever/demo-index /opt/retriever/demo-index
+
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/retriever \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HOME=/var/cache/retriever/huggingface \
+    RETRIEVER_HOST=0.0.0.0 \
+    RETRIEVER_PORT=8000 \
+    RETRIEVER_INDEX_DIR=/data/index \
+    RETRIEVER_DATA_DIR=/var/cache/retriever \
+    RETRIEVER_DEMO_INDEX_DIR=/opt/retriever/demo-index
+
+USER 10001:10001
+WORKDIR /home/retriever
+EXPOSE 8000
+# No HEALTHCHECK: Kubernetes ignores it (the chart has startup/readiness/liveness probes on /health and
+# /livez), and podman needs systemd timers to run one. Try: curl http://127.0.0.1:8000/health
+# Exec form: uvicorn is PID 1 and gets SIGTERM directly, for a graceful drain.
+ENTRYPOINT ["retriever", "serve"]

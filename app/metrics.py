@@ -1,0 +1,103 @@
+"""Prometheus metrics. Always in multiprocess mode, so `--workers N` and 1 worker look the same.
+
+The directory comes from PROMETHEUS_MULTIPROC_DIR; `app.server` creates one when unset.
+Names are listed in docs/CONTRACT.md; dashboards and alerts depend on them.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_multiprocess
+
+# 1 ms .. 30 s: fine enough to tell a 5 ms answer from a 90 ms one.
+LATENCY_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+QUERIES = Counter("retriever_queries_total", "Queries answered.")
+BATCH_SIZE = Histogram("retriever_batch_size", "Queries per encoder/FAISS batch.", buckets=BATCH_BUCKETS)
+QUEUE_DEPTH = Gauge("retriever_queue_depth", "Queries waiting for a batch.", multiprocess_mode="livesum")
+INFLIGHT = Gauge(
+    "retriever_inflight_requests",
+    "Admitted /retrieve requests not yet answered.",
+    multiprocess_mode="livesum",
+)
+STAGE_SECONDS = Histogram(
+    "retriever_stage_duration_seconds",
+    "Time per stage: queue_wait and fetch per request, encode and search per batch.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+REJECTIONS = Counter("retriever_rejections_total", "Refused requests by reason.", ["reason"])
+INDEX_VECTORS = Gauge("retriever_index_vectors", "Vectors in the index.", multiprocess_mode="max")
+INDEX_BYTES = Gauge("retriever_index_bytes", "Size of the index file.", multiprocess_mode="max")
+CORPUS_BYTES = Gauge("retriever_corpus_bytes", "Size of the corpus store.", multiprocess_mode="max")
+INDEX_LOAD_SECONDS = Gauge("retriever_index_load_seconds", "Time to load the index.", multiprocess_mode="max")
+READY = Gauge("retriever_ready", "1 when every live worker answers /health with 200.", multiprocess_mode="livemin")
+WARMUP_PROGRESS = Gauge("retriever_warmup_progress", "Page warm-up progress, 0..1.", multiprocess_mode="livemin")
+INFO = Gauge(
+    "retriever_info",
+    "Build and index information.",
+    ["version", "model", "index_type", "mmap"],
+    multiprocess_mode="max",
+)
+RSS_BYTES = Gauge(
+    "retriever_process_resident_memory_bytes", "Resident memory per worker process.", multiprocess_mode="all"
+)
+PSS_BYTES = Gauge("retriever_process_pss_bytes", "Proportional set size per worker process.", multiprocess_mode="all")
+CPU_SECONDS = Gauge("retriever_process_cpu_seconds_total", "CPU seconds used per worker.", multiprocess_mode="all")
+START_TIME = Gauge("retriever_process_start_time_seconds", "Worker start time (unix).", multiprocess_mode="all")
+
+
+def read_memory() -> dict[str, int]:
+    """RSS and PSS of this process in bytes, from /proc/self/smaps_rollup."""
+    values: dict[str, int] = {}
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                values[key.lower()] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return values
+
+
+def sample_process() -> None:
+    memory = read_memory()
+    if "rss" in memory:
+        RSS_BYTES.set(memory["rss"])
+    if "pss" in memory:
+        PSS_BYTES.set(memory["pss"])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    CPU_SECONDS.set(usage.ru_utime + usage.ru_stime)
+
+
+def mark_started() -> None:
+    START_TIME.set(time.time())
+    sample_process()
+
+
+def render_latest() -> bytes:
+    """The merged view of every worker's metrics."""
+    if not multiproc_dir():
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    prom_multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
+def multiproc_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def mark_dead() -> None:
+    """Drop this worker's live gauges (livesum/livemin) from the merged view."""
+    if multiproc_dir():
+        prom_multiprocess.mark_process_dead(os.getpid())

@@ -1,0 +1,187 @@
+"""Process management: uvicorn with graceful, delayed shutdown; N workers sharing one socket.
+
+Worker processes are spawned (not forked: torch must not be initialised before a fork) and
+each maps the same index files, so the page cache holds one copy for all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+
+from app.settings import Settings
+
+log = logging.getLogger("retriever.server")
+
+EXIT_LOAD_FAILED = 3
+
+# Called on the first SIGTERM/SIGINT (the app flips readiness to 503 at once).
+_shutdown_hooks: list[Callable[[], None]] = []
+_server: RetrieverServer | None = None
+
+
+def on_shutdown_signal(hook: Callable[[], None]) -> None:
+    _shutdown_hooks.append(hook)
+
+
+def forget_shutdown_hook(hook: Callable[[], None]) -> None:
+    with contextlib.suppress(ValueError):
+        _shutdown_hooks.remove(hook)
+
+
+def request_exit(code: int) -> None:
+    """Stop this worker with an exit code (used when loading fails for good)."""
+    if _server is not None:
+        _server.exit_code = code
+        _server.should_exit = True
+
+
+class RetrieverServer(uvicorn.Server):
+    """uvicorn.Server that drains first: readiness fails at once, admission stops after a delay,
+    in-flight requests finish (up to the graceful timeout), then the process exits 0."""
+
+    def __init__(self, config: uvicorn.Config, shutdown_delay_s: float) -> None:
+        super().__init__(config)
+        self.shutdown_delay_s = shutdown_delay_s
+        self.exit_code = 0
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining:  # a second signal: stop waiting
+            self.should_exit = True
+            if sig == signal.SIGINT:
+                self.force_exit = True
+            return
+        self._draining = True
+        log.info("signal %s: readiness off, draining for %.1fs", signal.Signals(sig).name, self.shutdown_delay_s)
+        for hook in _shutdown_hooks:
+            hook()
+        if self.shutdown_delay_s > 0:
+            timer = threading.Timer(self.shutdown_delay_s, self._stop_admitting)
+            timer.daemon = True
+            timer.start()
+        else:
+            self._stop_admitting()
+        # Not recorded in _captured_signals: uvicorn would re-raise it and exit 143 instead of 0.
+
+    def _stop_admitting(self) -> None:
+        self.should_exit = True
+
+
+def _uvicorn_config(settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        "app.api:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.timeout_keep_alive_s,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
+        access_log=settings.log_level.lower() == "debug",
+    )
+
+
+def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
+    global _server
+    _server = RetrieverServer(_uvicorn_config(settings), settings.shutdown_delay_s)
+    _server.run(sockets=[sock] if sock is not None else None)
+    if _server.exit_code == 0 and not _server.started:
+        return EXIT_LOAD_FAILED  # could not bind or start up
+    return _server.exit_code
+
+
+def _worker_main(settings: Settings, sock: socket.socket) -> None:
+    sys.exit(_run_worker(settings, sock))
+
+
+def _prepare_metrics_dir() -> str | None:
+    """Prometheus multiprocess mode needs a directory shared by the workers, empty at start."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if configured:
+        os.makedirs(configured, exist_ok=True)
+        for name in os.listdir(configured):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(configured, name))
+        return None
+    created = tempfile.mkdtemp(prefix="retriever-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+    return created
+
+
+def serve(settings: Settings) -> int:
+    created_dir = _prepare_metrics_dir()
+    try:
+        if settings.reload:
+            uvicorn.run("app.api:create_app", factory=True, host=settings.host, port=settings.port, reload=True)
+            return 0
+        if settings.workers == 1:
+            return _run_worker(settings, None)
+        return _supervise(settings)
+    finally:
+        if created_dir:
+            shutil.rmtree(created_dir, ignore_errors=True)
+
+
+def _supervise(settings: Settings) -> int:
+    """Spawn N workers on one listening socket; forward SIGTERM; restart a worker that dies."""
+    config = _uvicorn_config(settings)
+    sock = config.bind_socket()
+    context = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+    received: list[int] = []
+
+    def on_signal(sig: int, _frame: FrameType | None) -> None:
+        received.append(sig)
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+    def spawn() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker_main, args=(settings, sock), name="retriever-worker")
+        process.start()
+        return process
+
+    workers = [spawn() for _ in range(settings.workers)]
+    log.info("supervisor %d: %d workers %s", os.getpid(), len(workers), [w.pid for w in workers])
+    exit_code = 0
+    while not stopping.wait(0.5):
+        for i, worker in enumerate(workers):
+            if worker.is_alive():
+                continue
+            if worker.exitcode == EXIT_LOAD_FAILED:
+                log.error("worker %d could not load; stopping", worker.pid)
+                exit_code = EXIT_LOAD_FAILED
+                stopping.set()
+                break
+            log.warning("worker %d exited with %s; restarting it", worker.pid, worker.exitcode)
+            workers[i] = spawn()
+    for worker in workers:
+        if worker.is_alive() and worker.pid is not None:
+            os.kill(worker.pid, signal.SIGTERM)
+    deadline = time.monotonic() + settings.shutdown_delay_s + settings.graceful_timeout_s + 10
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            log.error("worker %d did not stop in time; killing it", worker.pid)
+            worker.kill()
+            worker.join()
+        if worker.exitcode not in (0, None) and exit_code == 0:
+            exit_code = worker.exitcode if worker.exitcode > 0 else 1
+    with contextlib.suppress(OSError):
+        sock.close()
+    return exit_code

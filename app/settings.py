@@ -1,0 +1,69 @@
+"""All configuration in one object: env vars `RETRIEVER_*`, overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RETRIEVER_", extra="ignore")
+
+    # -- where the data comes from
+    index_dir: Path | None = Field(None, description="Index directory made by `retriever build`.")
+    index_path: Path | None = Field(None, description="A bare FAISS index file (Search-R1's e5_Flat.index).")
+    corpus_path: Path | None = Field(None, description="Passages .jsonl matching --index-path row by row.")
+    data_dir: Path = Field(Path(".cache"), description="Demo index and converted corpora are cached here.")
+    demo_limit: int | None = Field(None, ge=1, description="Build the demo from only the first N articles.")
+
+    # -- encoder
+    model: str | None = Field(None, description="sentence-transformers model path or name (default: manifest).")
+    query_prefix: str | None = Field(None, description="Prepended to every query, e.g. 'query: ' for e5.")
+    normalize: bool | None = Field(None, description="L2-normalise query embeddings (default: manifest).")
+    max_length: int | None = Field(None, ge=8, description="Tokens per query; longer queries are truncated.")
+    device: str = Field("cpu", description="Torch device: cpu, cuda, cuda:1.")
+    allow_download: bool = Field(False, description="Let the model loader reach a hub (off: offline only).")
+    threads: int = Field(0, ge=0, description="Torch and FAISS threads per worker (0: all cores).")
+
+    # -- index
+    mmap: bool = Field(True, description="Memory-map the index and corpus so workers share one copy.")
+    nprobe: int | None = Field(None, ge=1, description="IVF lists probed per query.")
+    ef_search: int | None = Field(None, ge=1, description="HNSW efSearch.")
+    warmup: bool = Field(False, description="Pre-fault mapped pages in the background after loading.")
+    ready_before_warmup: bool = Field(True, description="Report ready while warm-up still runs.")
+    verify_checksums: bool = Field(False, description="Check sha256 of every file against the manifest.")
+
+    # -- request limits
+    default_topk: int = Field(3, ge=1, description="topk used when a request sends null or 0.")
+    max_topk: int = Field(100, ge=1, description="Largest topk a request may ask for.")
+    max_queries_per_request: int = Field(512, ge=1, description="Largest `queries` list per request.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body.")
+
+    # -- batching and admission
+    batching: bool = Field(True, description="Coalesce concurrent requests into shared batches.")
+    max_batch_size: int = Field(256, ge=1, description="Most queries in one encoder/FAISS batch.")
+    max_wait_ms: float = Field(0.0, ge=0, description="Extra wait for more queries when a batch is not full.")
+    max_queue: int = Field(4096, ge=1, description="Most queries waiting; beyond it requests are refused.")
+    per_request_threads: int = Field(32, ge=1, description="Worker threads when batching is off.")
+    overload_status: Literal[429, 503] = Field(503, description="Status for refused requests.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with refusals.")
+
+    # -- server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    log_level: str = "info"
+    limit_concurrency: int | None = Field(None, ge=1)
+    reload: bool = False
+    timeout_keep_alive_s: int = Field(30, ge=1)
+    graceful_timeout_s: float = Field(30.0, ge=0, description="Time to finish in-flight work on SIGTERM.")
+    shutdown_delay_s: float = Field(0.0, ge=0, description="Keep admitting for this long after SIGTERM.")
+
+    # -- access control
+    auth_tokens: str | None = Field(None, description="Comma-separated bearer tokens.")
+    auth_tokens_file: Path | None = Field(None, description="File with one bearer token per line.")
+    auth_open_paths: str = Field("/health,/livez,/metrics", description="Paths that never need a token.")
+    cors_origins: str = Field("", description="Comma-separated CORS origins; empty: CORS off.")

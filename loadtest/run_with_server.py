@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Start the demo server on a free loopback port, run k6 scripts against it, stop it by PID.
+
+    python3 loadtest/run_with_server.py smoke load
+    python3 loadtest/run_with_server.py --k6-timeout 900 soak
+
+Stdlib only. Steps: pick a free port on 127.0.0.1, start `retriever serve --host 127.0.0.1 --port P
+--demo-limit N` (its log goes to RESULTS_DIR/server.log), wait for /health 200 (bounded by
+--health-timeout; fails at once if the server dies), run each script with BASE_URL set (bounded by
+--k6-timeout), sample the server's RSS from /proc (the PID and its children) once a second, then
+SIGTERM the server, wait up to --stop-timeout for it to exit (SIGKILL after that, which fails the
+run). Exit status: 0 only if every k6 run passed its thresholds and the server exited 0.
+A record of the run (per-script exit codes, wall times, RSS start/peak/end) goes to
+RESULTS_DIR/runner-<scripts>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(msg: str) -> None:
+    print(f"[loadtest {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    kids = [int(x) for x in text.split()]
+    return kids + [g for k in kids for g in children(k)]
+
+
+def rss_bytes(pid: int) -> int | None:
+    """VmRSS of pid plus its descendants (uvicorn workers), None if pid is gone."""
+    total, seen = 0, False
+    for p in [pid, *children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+                    seen = True
+        except OSError:
+            continue
+    return total if seen else None
+
+
+def mib(v: int | None) -> str:
+    return "-" if v is None else f"{v / 1048576:.1f} MiB"
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, every: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.peak = 0
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.every):
+            v = rss_bytes(self.pid)
+            if v is not None:
+                with self.lock:
+                    self.peak = max(self.peak, v)
+
+    def take_peak(self) -> int:
+        """Peak since the last call (also counts the current value)."""
+        now = rss_bytes(self.pid) or 0
+        with self.lock:
+            peak, self.peak = max(self.peak, now), now
+        return peak
+
+
+def health(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log(f"server exited with {proc.returncode} before it became ready")
+            return False
+        status = health(url)
+        if status == 200:
+            return True
+        if status != last:
+            log(f"/health -> {status if status is not None else 'no answer'}; waiting (up to {timeout:.0f}s)")
+            last = status
+        time.sleep(0.5)
+    log(f"server not ready after {timeout:.0f}s")
+    return False
+
+
+def stop(proc: subprocess.Popen, timeout: float) -> int | None:
+    """SIGTERM the server we started, by PID; SIGKILL its process group after `timeout`."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log(f"server {proc.pid} still running {timeout:.0f}s after SIGTERM: SIGKILL")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what we started
+        proc.wait()
+        return None
+
+
+def duration_s(text: str) -> float:
+    """k6 duration ('10m', '1h30m', '90s') -> seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"bad duration {text!r}")
+    return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scripts", nargs="+", help="loadtest/ scripts: smoke, load, stress, soak, capacity")
+    ap.add_argument("--k6", default=str(ROOT / ".tools/k6venv/bin/k6"))
+    ap.add_argument("--retriever", default=str(ROOT / ".venv/bin/retriever"))
+    ap.add_argument("--demo-limit", type=int, default=300)
+    ap.add_argument("--server-arg", action="append", default=[], help="extra `retriever serve` argument")
+    ap.add_argument("--health-timeout", type=float, default=300, help="s (first run builds the index)")
+    ap.add_argument("--k6-timeout", type=float, default=300, help="s per script; soak: +SOAK_DURATION")
+    ap.add_argument("--stop-timeout", type=float, default=30, help="s from SIGTERM to SIGKILL")
+    ap.add_argument("--results-dir", default=os.environ.get("RESULTS_DIR", "loadtest/results"))
+    ap.add_argument("--k6-arg", action="append", default=[], help="extra `k6 run` argument")
+    args = ap.parse_args()
+
+    os.chdir(ROOT)
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    for tool in (args.k6, args.retriever):
+        if not os.access(tool, os.X_OK):
+            log(f"{tool} not found: run `make install tools-k6`")
+            return 2
+    scripts = []
+    for name in args.scripts:
+        path = Path("loadtest") / (name if name.endswith(".js") else f"{name}.js")
+        if not path.is_file():
+            log(f"no such script {path}")
+            return 2
+        scripts.append(path)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [args.retriever, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--demo-limit", str(args.demo_limit), *args.server_arg]
+    server_log = results / "server.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    log(f"starting {' '.join(cmd)} (log: {server_log})")
+    t_start = time.monotonic()
+    record: dict = {"base_url": url, "command": cmd, "scripts": []}
+    failed = False
+
+    # SIGTERM/SIGINT to us -> finally-block cleanup of the server.
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    with open(server_log, "w") as logf:
+        proc = subprocess.Popen(
+            cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT
+        )
+    sampler = RssSampler(proc.pid)
+    try:
+        log(f"server PID {proc.pid} on {url}")
+        if not wait_healthy(proc, url, args.health_timeout):
+            tail = server_log.read_text(errors="replace").splitlines()[-20:]
+            print("\n".join(f"  | {line}" for line in tail))
+            return 1
+        record["ready_s"] = round(time.monotonic() - t_start, 1)
+        record["rss_ready_bytes"] = rss_bytes(proc.pid)
+        log(f"ready after {record['ready_s']}s, server RSS {mib(record['rss_ready_bytes'])}")
+        sampler.start()
+        sampler.take_peak()
+
+        k6_env = dict(env, BASE_URL=url, RESULTS_DIR=str(results), K6_NO_USAGE_REPORT="true")
+        for path in scripts:
+            limit = args.k6_timeout
+            if path.stem == "soak":
+                limit = max(limit, duration_s(os.environ.get("SOAK_DURATION", "10m")) + 180)
+            before = rss_bytes(proc.pid)
+            log(f"k6 run {path}")
+            t0 = time.monotonic()
+            try:
+                rc = subprocess.run(
+                    [args.k6, "run", "--quiet", "--no-color", *args.k6_arg, str(path)],
+                    env=k6_env,
+                    timeout=limit,
+                ).returncode
+            except subprocess.TimeoutExpired:
+                log(f"{path} ran past {limit:.0f}s: killed")
+                rc = 124
+            wall = time.monotonic() - t0
+            after, peak = rss_bytes(proc.pid), sampler.take_peak()
+            alive = proc.poll() is None
+            entry = {
+                "script": str(path),
+                "rc": rc,
+                "wall_s": round(wall, 1),
+                "rss_start_bytes": before,
+                "rss_peak_bytes": peak,
+                "rss_end_bytes": after,
+                "server_alive": alive,
+            }
+            record["scripts"].append(entry)
+            verdict = {0: "passed", 99: "thresholds crossed"}.get(rc, f"failed (k6 exit {rc})")
+            log(
+                f"{path.name} {verdict} in {wall:.1f}s; server RSS start {mib(before)}, "
+                f"peak {mib(peak)}, end {mib(after)}"
+            )
+            failed |= rc != 0
+            if not alive:
+                log(f"server died during {path.name} (exit {proc.returncode})")
+                failed = True
+                break
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e}): stopping the server")
+        failed = True
+    finally:
+        sampler.stop_event.set()
+        t0 = time.monotonic()
+        code = stop(proc, args.stop_timeout)
+        record["server_exit"] = code
+        record["stop_s"] = round(time.monotonic() - t0, 1)
+        record["total_s"] = round(time.monotonic() - t_start, 1)
+        log(f"server stopped: exit {code} after {record['stop_s']}s; total {record['total_s']}s")
+        if code != 0:
+            log("the server should exit 0 on SIGTERM within its graceful timeout")
+            failed = True
+        name = "-".join(p.stem for p in scripts)
+        (results / f"runner-{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    log("FAILED" if failed else "all passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
