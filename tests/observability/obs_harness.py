@@ -312,9 +312,7 @@ def load_rules(path: Path = RULES_FILE) -> list[Json]:
     return [dict(rule, group=group["name"]) for group in doc["groups"] for rule in group["rules"]]
 
 
-_ALERT_FORM = re.compile(
-    r"^(?P<signal>.+?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<threshold>-?[0-9.]+(?:e[+-]?\d+)?)$", re.S
-)
+_ALERT_FORM = re.compile(r"^(?P<signal>.+?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<threshold>-?[0-9.]+(?:e[+-]?\d+)?)$", re.S)
 
 
 def split_alert(expr: str) -> tuple[str, str, float] | None:
@@ -388,8 +386,7 @@ class Prometheus:
                     "static_configs": [{"targets": self.targets}],
                     # what Kubernetes service discovery would attach, set by relabeling
                     "relabel_configs": [
-                        {"target_label": name, "replacement": value}
-                        for name, value in self.target_labels.items()
+                        {"target_label": name, "replacement": value} for name, value in self.target_labels.items()
                     ],
                 }
             ],
@@ -435,9 +432,7 @@ class Prometheus:
         resp = self.client.post(f"/api/v1/{path}", data=params)
         body = resp.json()
         if resp.status_code != 200 or body.get("status") != "success":
-            raise PromQueryError(
-                params.get("query", ""), body.get("errorType", ""), body.get("error", resp.text)
-            )
+            raise PromQueryError(params.get("query", ""), body.get("errorType", ""), body.get("error", resp.text))
         return body["data"]
 
     def query(self, expr: str, at: float | None = None) -> Json:
@@ -553,9 +548,7 @@ class RetrieverService:
         with httpx.Client(base_url=self.url, timeout=5) as client:
             while time.monotonic() - t0 < timeout:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"retriever exited with {self.proc.returncode}:\n{_tail(self.log_path)}"
-                    )
+                    raise RuntimeError(f"retriever exited with {self.proc.returncode}:\n{_tail(self.log_path)}")
                 try:
                     if client.get("/health").status_code == 200:
                         return time.monotonic() - t0
@@ -670,11 +663,8 @@ def run_load(base_url: str, mix: LoadMix, *, seed: int = 0) -> LoadReport:
         with lock:
             report.merge(local)
 
-    threads = [
-        threading.Thread(target=worker, args=("single", i), daemon=True) for i in range(mix.single_workers)
-    ] + [
-        threading.Thread(target=worker, args=("batch", 100 + i), daemon=True)
-        for i in range(mix.batch_workers)
+    threads = [threading.Thread(target=worker, args=("single", i), daemon=True) for i in range(mix.single_workers)] + [
+        threading.Thread(target=worker, args=("batch", 100 + i), daemon=True) for i in range(mix.batch_workers)
     ]
     for th in threads:
         th.start()
@@ -697,3 +687,93 @@ def _request(kind: str, n: int, rng: random.Random, queries: list[str], mix: Loa
             return "bad_too_many", {"json": {"queries": many, "topk": 3}}
         return "bad_invalid", {"content": b'{"queries": 42}', "headers": {"content-type": "application/json"}}
     return "single", {"json": {"queries": [rng.choice(queries)], "topk": 3, "return_scores": n % 2 == 0}}
+
+
+# ---------------------------------------------------------------------------------------------- live stack
+# Small limits so that a short load produces every rejection reason the dashboard shows.
+LIVE_ENV_LIMITS = {
+    "RETRIEVER_MAX_TOPK": 20,
+    "RETRIEVER_MAX_QUERIES_PER_REQUEST": 64,
+    "RETRIEVER_MAX_QUEUE": 96,
+}
+
+
+@dataclass
+class LiveStack:
+    service: RetrieverService
+    prometheus: Prometheus
+    start: float  # unix time Prometheus started scraping
+    restart_at: float = 0.0  # unix time the service was stopped for the restart
+    end: float = 0.0  # unix time the scenario finished
+    loads: list[LoadReport] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def query_range(self, expr: str, start: float | None = None, end: float | None = None) -> Json:
+        return self.prometheus.query_range(expr, start or self.start, end or self.end, step=1.0)
+
+    @property
+    def window(self) -> str:
+        """The scenario's length as a PromQL duration (what Grafana's $__range would be)."""
+        return f"{int(self.end - self.start) + 1}s"
+
+
+def live_mix(duration_s: float = 15.0, max_requests: int = 1500) -> LoadMix:
+    return LoadMix(
+        duration_s=duration_s,
+        max_requests=max_requests,
+        max_topk=LIVE_ENV_LIMITS["RETRIEVER_MAX_TOPK"],
+        max_queries=LIVE_ENV_LIMITS["RETRIEVER_MAX_QUERIES_PER_REQUEST"],
+    )
+
+
+def build_live_stack(
+    workdir: Path,
+    *,
+    workers: int,
+    demo_limit: int,
+    ready_timeout: float,
+    mix: LoadMix | None = None,
+    restart: bool = True,
+) -> Iterator[LiveStack]:
+    """Service up -> Prometheus scraping -> load -> restart (not-ready window) -> load -> settle.
+
+    Yields once everything has happened; stops Prometheus and the service (by PID) afterwards.
+    """
+    mix = mix or live_mix()
+    env = {k: str(v) for k, v in LIVE_ENV_LIMITS.items()}
+    service = RetrieverService(workdir / "service", demo_limit=demo_limit, workers=workers, env=env)
+    prometheus = Prometheus(
+        workdir / "prometheus", [f"127.0.0.1:{service.port}"], rule_files=[RULES_FILE], scrape_interval="1s"
+    )
+    timings: dict[str, float] = {}
+    try:
+        service.start()
+        timings["service_first_ready_s"] = round(service.wait_ready(ready_timeout), 1)
+        t = time.monotonic()
+        prometheus.start()
+        stack = LiveStack(service, prometheus, start=time.time())
+        prometheus.wait_for('up{job="retriever"} == 1', timeout=30)
+        timings["prometheus_first_scrape_s"] = round(time.monotonic() - t, 1)
+
+        t = time.monotonic()
+        stack.loads.append(run_load(service.url, mix, seed=1))
+        timings["load_1_s"] = round(time.monotonic() - t, 1)
+
+        if restart:
+            # Prometheus sees the target go away, come back not ready, then ready.
+            t = time.monotonic()
+            stack.restart_at = time.time()
+            service.stop()
+            service.start()
+            service.wait_ready(ready_timeout)
+            timings["restart_until_ready_s"] = round(time.monotonic() - t, 1)
+            t = time.monotonic()
+            stack.loads.append(run_load(service.url, mix, seed=2))
+            timings["load_2_s"] = round(time.monotonic() - t, 1)
+        time.sleep(3)  # two more scrapes and rule evaluations after the last request
+        stack.end = time.time()
+        stack.timings = timings
+        yield stack
+    finally:
+        prometheus.stop()
+        service.stop()
