@@ -7,12 +7,13 @@ so a crash or a full disk never leaves a directory that `serve` would accept.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from app.corpus import CORPUS_DIR_FILES, ConversionReport, CorpusStore, CorpusWriter, iter_jsonl
 from app.encoder import EncoderConfig, SentenceTransformerEncoder, resolve_model
 from app.index import FaissIndex
-from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, record_files
+from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest, record_files
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class BuildOptions:
     force: bool = False
     progress: bool = True
     allow_download: bool = False
+    on_progress: Callable[[float], None] | None = None  # fraction of the corpus read, for /health
 
 
 def _chunks(rows: Iterator[tuple[dict, bytes]], size: int) -> Iterator[list[tuple[dict, bytes]]]:
@@ -77,12 +79,48 @@ def build(options: BuildOptions) -> Manifest:
         return manifest
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
-            raise BuildError(f"{out.parent}: no space left on device while building; nothing was written") from None
-        raise BuildError(f"{exc.filename or out}: {exc.strerror or exc}") from None
+        raise BuildError(_describe_write_error(exc, out)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class _WriteFailed(OSError):
+    """An OSError while writing `target` (its final name: the temporary directory is removed)."""
+
+    def __init__(self, cause: OSError, target: Path) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.target = target
+
+
+@contextlib.contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    try:
+        yield
+    except _WriteFailed:
+        raise
+    except OSError as exc:
+        raise _WriteFailed(exc, target) from exc
+
+
+def _describe_write_error(exc: OSError, out: Path) -> str:
+    name = exc.target if isinstance(exc, _WriteFailed) else Path(exc.filename or out)
+    hints = {
+        errno.ENOSPC: "free some space or build elsewhere",
+        errno.EDQUOT: "raise the quota or build elsewhere",
+        errno.EFBIG: "the filesystem's or the process's file size limit (ulimit -f) is too small",
+    }
+    hint = f" ({hints[exc.errno]})" if exc.errno in hints else ""
+    return f"{name}: {exc.strerror or exc} while building{hint}; the partial build was removed, nothing was written"
+
+
+def _write_index(index: faiss.Index, path: Path) -> None:
+    """faiss.write_index through a Python file: a failed write (full disk, file size limit) raises
+    OSError with its errno, and the flush + fsync catch what FAISS's fclose would not report."""
+    with open(path, "wb") as handle:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -112,29 +150,41 @@ def _build_into(tmp: Path, options: BuildOptions) -> Manifest:
         raise BuildError(f"index type {options.index_factory!r} is not a valid FAISS factory string: {exc}") from None
 
     report = ConversionReport()
-    writer = CorpusWriter(tmp / CORPUS_DIR)
+    with _writing(options.out / CORPUS_DIR):
+        writer = CorpusWriter(tmp / CORPUS_DIR)
     total = options.corpus.stat().st_size
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="build", disable=not options.progress)
     training: list[np.ndarray] = []
     training_rows = 0
-    rows = iter_jsonl(options.corpus, report, options.skip_invalid, on_bytes=bar.update)
+    done = 0
+
+    def on_bytes(count: int) -> None:
+        nonlocal done
+        done += count
+        bar.update(count)
+        if options.on_progress is not None:
+            options.on_progress(done / max(total, 1))
+
+    rows = iter_jsonl(options.corpus, report, options.skip_invalid, on_bytes=on_bytes)
     try:
-        for chunk in _chunks(rows, options.chunk_size):
-            vectors = encoder.encode([row["contents"] for row, _ in chunk])
-            for _, compact in chunk:
-                writer.add(compact)
-            if index.is_trained:
-                index.add(vectors)
-                continue
-            training.append(vectors)
-            training_rows += len(vectors)
-            if training_rows >= options.train_size:
+        with _writing(options.out / CORPUS_DIR):
+            for chunk in _chunks(rows, options.chunk_size):
+                vectors = encoder.encode([row["contents"] for row, _ in chunk])
+                for _, compact in chunk:
+                    writer.add(compact)
+                if index.is_trained:
+                    index.add(vectors)
+                    continue
+                training.append(vectors)
+                training_rows += len(vectors)
+                if training_rows >= options.train_size:
+                    _train_and_flush(index, training)
+            if not index.is_trained:
                 _train_and_flush(index, training)
-        if not index.is_trained:
-            _train_and_flush(index, training)
     finally:
         bar.close()
-        writer.close()
+        with _writing(options.out / CORPUS_DIR):
+            writer.close()
     if report.rows == 0:
         raise BuildError(f"{options.corpus}: no passages found")
     log.info(
@@ -144,7 +194,8 @@ def _build_into(tmp: Path, options: BuildOptions) -> Manifest:
         report.bad_line_count,
     )
 
-    faiss.write_index(index, str(tmp / INDEX_FILE))
+    with _writing(options.out / INDEX_FILE):
+        _write_index(index, tmp / INDEX_FILE)
     del index
     names = [INDEX_FILE] + [f"{CORPUS_DIR}/{name}" for name in CORPUS_DIR_FILES]
     manifest = Manifest(
@@ -167,7 +218,8 @@ def _build_into(tmp: Path, options: BuildOptions) -> Manifest:
         },
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    manifest.write(tmp)
+    with _writing(options.out / MANIFEST_FILE):
+        manifest.write(tmp)
     _verify_built(tmp, manifest, encoder)
     return manifest
 

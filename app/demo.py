@@ -10,7 +10,7 @@ import fcntl
 import importlib.util
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +92,12 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_demo_index(data_dir: Path, limit: int | None = None, progress: bool = True) -> Path:
+def ensure_demo_index(
+    data_dir: Path,
+    limit: int | None = None,
+    progress: bool = True,
+    on_progress: Callable[[float], None] | None = None,
+) -> Path:
     """Return the demo index directory, building it once (cached) if needed."""
     name = f"demo-{limit}" if limit else "demo"
     root = data_dir / name
@@ -118,6 +123,7 @@ def ensure_demo_index(data_dir: Path, limit: int | None = None, progress: bool =
                 index_factory="Flat",
                 progress=progress,
                 force=True,
+                on_progress=on_progress,
             )
         )
     return index_dir

@@ -20,7 +20,7 @@ from app.corpus import CorpusError, CorpusStore, convert_jsonl
 from app.demo import _locked, ensure_demo_index
 from app.encoder import EncoderConfig, SentenceTransformerEncoder, resolve_model
 from app.index import FaissIndex
-from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest
+from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,9 @@ def resolve_sources(settings: Settings, status: Status) -> Sources:
     index_dir = settings.index_dir
     if index_dir is None:
         status.set_stage("building the demo index (first start only)")
-        index_dir = ensure_demo_index(settings.data_dir, settings.demo_limit)
+        index_dir = ensure_demo_index(
+            settings.data_dir, settings.demo_limit, on_progress=lambda f: setattr(status, "progress", f)
+        )
     manifest = Manifest.read(index_dir)
     if settings.verify_checksums:
         status.set_stage("verifying checksums")
@@ -174,8 +176,8 @@ def load(settings: Settings, status: Status) -> Retriever:
     manifest = sources.manifest
     if manifest is not None and settings.normalize is not None and settings.normalize != manifest.normalize:
         raise LoadError(
-            f"normalize={settings.normalize} disagrees with the index manifest (built with "
-            f"normalize={manifest.normalize}); inner-product scores would be wrong"
+            f"{sources.index_path.parent / MANIFEST_FILE}: the index was built with normalize={manifest.normalize} "
+            f"but normalize={settings.normalize} was asked (RETRIEVER_NORMALIZE); inner-product scores would be wrong"
         )
     model = settings.model or (manifest.model if manifest else None)
     status.set_stage(f"loading model {model or 'bundled demo model'}")

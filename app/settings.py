@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_topk: int = Field(100, ge=1, description="Largest topk a request may ask for.")
     max_queries_per_request: int = Field(512, ge=1, description="Largest `queries` list per request.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body.")
+    body_read_timeout_s: float = Field(30.0, gt=0, description="Most seconds to receive a request body (else 408).")
 
     # -- batching and admission
     batching: bool = Field(True, description="Coalesce concurrent requests into shared batches.")
@@ -52,13 +53,13 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with refusals.")
 
     # -- server
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
-    log_level: str = "info"
-    limit_concurrency: int | None = Field(None, ge=1)
-    reload: bool = False
-    timeout_keep_alive_s: int = Field(30, ge=1)
+    host: str = Field("127.0.0.1", description="Bind address (the container uses 0.0.0.0).")
+    port: int = Field(8000, ge=0, le=65535, description="Listen port.")
+    workers: int = Field(1, ge=1, description="Worker processes; all map the same index pages.")
+    log_level: str = Field("info", description="critical, error, warning, info, debug.")
+    limit_concurrency: int | None = Field(None, ge=1, description="uvicorn: connections+tasks before 503.")
+    reload: bool = Field(False, description="Restart on code changes (development only).")
+    timeout_keep_alive_s: int = Field(30, ge=1, description="Idle keep-alive connection timeout.")
     graceful_timeout_s: float = Field(30.0, ge=0, description="Time to finish in-flight work on SIGTERM.")
     shutdown_delay_s: float = Field(0.0, ge=0, description="Keep admitting for this long after SIGTERM.")
 
