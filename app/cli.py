@@ -145,7 +145,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from app.plan import plan
 
-    report = plan(Path(args.index_dir), workers=args.workers, model_gib=args.model_gib, headroom=args.headroom)
+    report = plan(Path(args.index_dir), workers=args.workers, model_gib=args.model_gib, headroom_gib=args.headroom_gib)
     print(json.dumps(report, indent=2) if args.json else report["text"])
     return 0
 
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("index_dir")
     plan.add_argument("--workers", type=int, default=1)
     plan.add_argument("--model-gib", type=float, default=None, help="model memory (default: from its files)")
-    plan.add_argument("--headroom", type=float, default=0.10, help="fraction added on top")
+    plan.add_argument("--headroom-gib", type=float, default=0.5, help="extra GiB on top (chart: memory.headroomGiB)")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
 

@@ -1,13 +1,14 @@
 """`retriever plan`: the memory a pod needs for an index directory, and the Helm values for it.
 
-memory = index file + corpus store (mapped, one copy per node, counted once)
-       + model + workers x per-worker overhead, then headroom on top, rounded up to whole GiB.
-The chart computes the same sum from `index.sizeGiB` (helm/retriever/values.yaml).
+memory GiB = ceil(index + corpus + model + workers x per-worker overhead + headroom)
+The index and corpus are mapped: one copy per node, counted once however many workers.
+The chart computes the same sum from the values printed here (helm/retriever/values.yaml).
 """
 
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,41 +35,48 @@ def _model_gib(manifest: Manifest) -> float:
     return max(2 * weights / GIB, 0.1)
 
 
-def plan(index_dir: Path, workers: int = 1, model_gib: float | None = None, headroom: float = 0.10) -> dict[str, Any]:
+def _gib(value_bytes: float) -> Decimal:
+    """GiB rounded up to 0.01, as a Decimal: Helm adds these values exactly, so must we."""
+    return Decimal(math.ceil(value_bytes / GIB * 100)) / 100
+
+
+def plan(
+    index_dir: Path, workers: int = 1, model_gib: float | None = None, headroom_gib: float = 0.5
+) -> dict[str, Any]:
     manifest = Manifest.read(index_dir)
     index_bytes = (index_dir / INDEX_FILE).stat().st_size
     corpus_bytes = sum((index_dir / CORPUS_DIR / name).stat().st_size for name in CORPUS_DIR_FILES)
-    model = model_gib if model_gib is not None else _model_gib(manifest)
-    index_gib, corpus_gib = index_bytes / GIB, corpus_bytes / GIB
-    subtotal = index_gib + corpus_gib + model + workers * PER_WORKER_OVERHEAD_GIB
-    total = math.ceil(subtotal * (1 + headroom))
+    index_gib, corpus_gib = _gib(index_bytes), _gib(corpus_bytes)
+    model = _gib((model_gib if model_gib is not None else _model_gib(manifest)) * GIB)
+    overhead = Decimal(str(PER_WORKER_OVERHEAD_GIB))
+    headroom = Decimal(str(headroom_gib))
+    # The chart's formula (helm/retriever/values.yaml, memory section), term for term.
+    total = math.ceil(index_gib + corpus_gib + model + workers * overhead + headroom)
     values = (
-        "index:\n"
-        f"  sizeGiB: {math.ceil(index_gib * 100) / 100}\n"
-        "corpus:\n"
-        f"  sizeGiB: {math.ceil(corpus_gib * 100) / 100}\n"
-        "resources:\n"
-        "  requests:\n"
-        f"    memory: {total}Gi\n"
-        "  limits:\n"
-        f"    memory: {total}Gi\n"
+        f"index:\n  sizeGiB: {index_gib}\n"
+        f"corpus:\n  sizeGiB: {corpus_gib}\n"
+        f"model:\n  sizeGiB: {model}\n"
+        f"server:\n  workers: {workers}\n"
+        f"memory:\n  perWorkerOverheadGiB: {overhead}\n  headroomGiB: {headroom}\n"
     )
     text = (
-        f"index      {index_gib:8.2f} GiB  {index_dir / INDEX_FILE} (memory-mapped, shared by all workers)\n"
-        f"corpus     {corpus_gib:8.2f} GiB  {index_dir / CORPUS_DIR} (memory-mapped, shared)\n"
-        f"model      {model:8.2f} GiB  {manifest.model}\n"
-        f"workers    {workers * PER_WORKER_OVERHEAD_GIB:8.2f} GiB  {workers} x {PER_WORKER_OVERHEAD_GIB} GiB\n"
-        f"headroom   {headroom:8.0%}\n"
-        f"pod memory {total:8d} GiB  (requests = limits)\n\n"
-        f"Helm values:\n{values}"
+        f"index      {index_gib:>8} GiB  {index_dir / INDEX_FILE} (memory-mapped, shared by all workers)\n"
+        f"corpus     {corpus_gib:>8} GiB  {index_dir / CORPUS_DIR} (memory-mapped, shared)\n"
+        f"model      {model:>8} GiB  {manifest.model}\n"
+        f"workers    {workers * overhead:>8} GiB  {workers} x {overhead} GiB\n"
+        f"headroom   {headroom:>8} GiB\n"
+        f"pod memory {total:>8} GiB  (requests = limits: {total}Gi)\n\n"
+        f"Helm values (the chart derives resources.requests/limits.memory = {total}Gi from them):\n{values}"
     )
     return {
         "index_bytes": index_bytes,
         "corpus_bytes": corpus_bytes,
-        "model_gib": round(model, 3),
+        "index_gib": float(index_gib),
+        "corpus_gib": float(corpus_gib),
+        "model_gib": float(model),
         "workers": workers,
-        "per_worker_overhead_gib": PER_WORKER_OVERHEAD_GIB,
-        "headroom": headroom,
+        "per_worker_overhead_gib": float(overhead),
+        "headroom_gib": float(headroom),
         "memory_gib": total,
         "helm_values": values,
         "text": text,

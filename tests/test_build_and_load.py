@@ -117,7 +117,9 @@ def test_cli_build_then_plan_and_verify(tmp_path: Path) -> None:
     assert planned.returncode == 0, planned.stderr
     plan = json.loads(planned.stdout)
     assert plan["index_bytes"] == (out / "index.faiss").stat().st_size
-    assert "requests:\n    memory:" in plan["helm_values"]
+    assert f"index:\n  sizeGiB: {plan['index_gib']}" in plan["helm_values"]
+    assert "workers: 2" in plan["helm_values"]
+    assert plan["memory_gib"] >= plan["index_gib"] + plan["corpus_gib"] + 2 * plan["per_worker_overhead_gib"]
     verified = run_cli("verify", str(out))
     assert verified.returncode == 0, verified.stderr
     # Flip one byte inside the index: same size, wrong checksum.

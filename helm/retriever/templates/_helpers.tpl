@@ -67,7 +67,7 @@ app.kubernetes.io/component: server
 {{- end }}
 
 {{/*
-Memory request = limit in whole GiB, the same formula `retriever plan` prints:
+Memory request = limit in whole GiB (the formula documented in values.yaml):
   ceil(index.sizeGiB + corpus.sizeGiB + model.sizeGiB
        + server.workers * memory.perWorkerOverheadGiB + memory.headroomGiB)
 */}}
@@ -138,5 +138,5 @@ limits:
 
 {{/* A file name turned into a DNS-1123 label fragment (for ConfigMap names). */}}
 {{- define "retriever.slug" -}}
-{{- . | lower | regexReplaceAll "[^a-z0-9-]+" "-" | trimAll "-" }}
+{{- regexReplaceAll "[^a-z0-9-]+" (lower .) "-" | trimAll "-" }}
 {{- end }}
