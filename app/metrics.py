@@ -36,6 +36,11 @@ STAGE_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 REJECTIONS = Counter("retriever_rejections_total", "Refused requests by reason.", ["reason"])
+REJECTION_REASONS = (
+    "queue_full", "too_many_queries", "topk", "body_too_large", "body_timeout", "invalid", "unauthorized", "not_ready",
+)  # fmt: skip
+for _reason in REJECTION_REASONS:
+    REJECTIONS.labels(_reason)  # exported as 0 from the start, so rate() sees the first refusal
 INDEX_VECTORS = Gauge("retriever_index_vectors", "Vectors in the index.", multiprocess_mode="max")
 INDEX_BYTES = Gauge("retriever_index_bytes", "Size of the index file.", multiprocess_mode="max")
 CORPUS_BYTES = Gauge("retriever_corpus_bytes", "Size of the corpus store.", multiprocess_mode="max")
@@ -52,7 +57,7 @@ RSS_BYTES = Gauge(
     "retriever_process_resident_memory_bytes", "Resident memory per worker process.", multiprocess_mode="all"
 )
 PSS_BYTES = Gauge("retriever_process_pss_bytes", "Proportional set size per worker process.", multiprocess_mode="all")
-CPU_SECONDS = Gauge("retriever_process_cpu_seconds_total", "CPU seconds used per worker.", multiprocess_mode="all")
+CPU_SECONDS = Gauge("retriever_process_cpu_seconds", "CPU seconds used per worker.", multiprocess_mode="all")
 START_TIME = Gauge("retriever_process_start_time_seconds", "Worker start time (unix).", multiprocess_mode="all")
 
 

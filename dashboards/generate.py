@@ -124,6 +124,17 @@ class Layout:
         self.row_h = max(self.row_h, h)
 
 
+DATASOURCE_VARIABLE: Json = {
+    "name": "datasource",
+    "label": "Data source",
+    "type": "datasource",
+    "query": "prometheus",
+    "current": {"text": "Prometheus", "value": "prometheus"},
+    "hide": 0,
+    "refresh": 1,
+    "regex": "",
+    "options": [],
+}
 TS_OPTIONS: Json = {
     "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
     "tooltip": {"mode": "multi", "sort": "desc"},
@@ -453,8 +464,7 @@ def retriever_dashboard() -> Json:
                 "C",
             ),
             target(
-                f'max by (pod) (kube_pod_container_resource_limits{{{SEL}, resource="memory", '
-                f'container="retriever"}})',
+                f'max by (pod) (kube_pod_container_resource_limits{{{SEL}, resource="memory", container="retriever"}})',
                 "{{pod}} limit",
                 "D",
             ),
@@ -473,13 +483,12 @@ def retriever_dashboard() -> Json:
             target(
                 f"sum by (pod) (rate(container_cpu_usage_seconds_total"
                 f'{{{SEL}, container="retriever"}}[{RI}]))'
-                f" or sum by (pod) (rate(retriever_process_cpu_seconds_total{{{SEL}}}[{RI}]))",
+                f" or sum by (pod) (rate(retriever_process_cpu_seconds{{{SEL}}}[{RI}]))",
                 "{{pod}} cores used",
                 "A",
             ),
             target(
-                f'max by (pod) (kube_pod_container_resource_requests{{{SEL}, resource="cpu", '
-                f'container="retriever"}})',
+                f'max by (pod) (kube_pod_container_resource_requests{{{SEL}, resource="cpu", container="retriever"}})',
                 "{{pod}} request",
                 "B",
             ),
@@ -513,23 +522,36 @@ def retriever_dashboard() -> Json:
     lay.add(
         "stat",
         "Restarts",
-        "Container restarts per pod over the dashboard range (kube-state-metrics); where that is not "
-        "scraped, process starts seen (changes of the newest worker start time: container and worker "
-        "restarts).",
+        "Container restarts per pod over the dashboard range (kube-state-metrics; empty without it: see Uptime).",
         "short",
         [
             target(
                 f"sum by (pod) (increase(kube_pod_container_status_restarts_total{{{SEL}, "
-                f'container="retriever"}}[$__range]))'
-                f" or sum by (pod) (changes(max by (pod) "
-                f"(retriever_process_start_time_seconds{{{SEL}}})[$__range:]))",
+                f'container="retriever"}}[$__range]))',
                 "{{pod}}",
                 "A",
             )
         ],
-        w=8,
+        w=4,
         steps=thresholds((None, "green"), (1, "orange")),
         options=STAT_OPTIONS,
+    )
+    lay.add(
+        "timeseries",
+        "Uptime",
+        "Age of the youngest worker process per pod: drops to zero on every container or worker "
+        "(re)start, from the service's own metrics.",
+        "s",
+        [
+            target(
+                f"time() - max by (pod) (retriever_process_start_time_seconds{{{SEL}}})",
+                "{{pod}}",
+                "A",
+            )
+        ],
+        w=4,
+        min_=0,
+        options=TS_OPTIONS,
     )
 
     # ---------------------------------------------------------------- index
@@ -591,17 +613,7 @@ def retriever_dashboard() -> Json:
         },
         "templating": {
             "list": [
-                {
-                    "name": "datasource",
-                    "label": "Data source",
-                    "type": "datasource",
-                    "query": "prometheus",
-                    "current": {"text": "Prometheus", "value": "prometheus"},
-                    "hide": 0,
-                    "refresh": 1,
-                    "regex": "",
-                    "options": [],
-                },
+                DATASOURCE_VARIABLE,
                 {
                     "name": "namespace",
                     "label": "Namespace",
@@ -646,7 +658,179 @@ def retriever_dashboard() -> Json:
     }
 
 
-DASHBOARDS = {"retriever.json": retriever_dashboard}
+# ---------------------------------------------------------------------------------------------- k6
+K6 = 'testid=~"$testid"'
+
+
+def k6_dashboard() -> Json:
+    """k6 results pushed with `k6 run -o experimental-prometheus-rw --tag testid=<run>` (durations in s)."""
+    lay = Layout()
+    lay.row("k6 run")
+    lay.add(
+        "stat",
+        "k6 requests/s",
+        "HTTP requests per second sent by k6 (all scenarios of the selected runs).",
+        "reqps",
+        [target(f"sum(rate(k6_http_reqs_total{{{K6}}}[{RI}]))", "requests/s", "A")],
+        w=6,
+        h=5,
+        options=STAT_OPTIONS,
+    )
+    lay.add(
+        "stat",
+        "k6 failed requests",
+        "Share of requests k6 counted as failed (expected_response=false: a status outside 200-399 "
+        "by default, or no response).",
+        "percentunit",
+        [
+            target(
+                f'(sum(rate(k6_http_reqs_total{{{K6}, expected_response="false"}}[{RI}]))'
+                f" or sum(rate(k6_http_reqs_total{{{K6}}}[{RI}])) * 0)"
+                f" / sum(rate(k6_http_reqs_total{{{K6}}}[{RI}]))",
+                "failed",
+                "A",
+            )
+        ],
+        w=6,
+        h=5,
+        steps=thresholds((None, "green"), (0.01, "red")),
+        options=STAT_OPTIONS,
+    )
+    lay.add(
+        "stat",
+        "k6 p95 duration",
+        "Worst p95 of http_req_duration over request names (the SLO the load tests gate on).",
+        "s",
+        [target(f"max(k6_http_req_duration_p95{{{K6}}})", "p95", "A")],
+        w=6,
+        h=5,
+        options=STAT_OPTIONS,
+    )
+    lay.add(
+        "stat",
+        "k6 VUs",
+        "Virtual users running now.",
+        "short",
+        [target(f"sum(k6_vus{{{K6}}})", "VUs", "A")],
+        w=6,
+        h=5,
+        options=STAT_OPTIONS,
+    )
+    lay.row("Requests")
+    lay.add(
+        "timeseries",
+        "k6 requests/s by status",
+        "Requests per second by HTTP status as k6 saw them (0: no response).",
+        "reqps",
+        [target(f"sum by (status) (rate(k6_http_reqs_total{{{K6}}}[{RI}]))", "{{status}}", "A")],
+        w=12,
+        min_=0,
+        options=TS_OPTIONS,
+    )
+    lay.add(
+        "timeseries",
+        "k6 request duration",
+        "http_req_duration p50/p95/p99 per request name (k6 trend stats, client side, seconds).",
+        "s",
+        [
+            target(f"max by (name) (k6_http_req_duration_{stat}{{{K6}}})", f"{{{{name}}}} {stat}", ref)
+            for stat, ref in (("p50", "A"), ("p95", "B"), ("p99", "C"))
+        ],
+        w=12,
+        min_=0,
+        options=TS_OPTIONS,
+    )
+    lay.add(
+        "timeseries",
+        "k6 failed request ratio",
+        "http_req_failed per request name.",
+        "percentunit",
+        [target(f"max by (name) (k6_http_req_failed_rate{{{K6}}})", "{{name}}", "A")],
+        w=8,
+        min_=0,
+        max_=1,
+        options=TS_OPTIONS,
+    )
+    lay.add(
+        "timeseries",
+        "k6 checks passing",
+        "Share of each check that passed.",
+        "percentunit",
+        [target(f"min by (check) (k6_checks_rate{{{K6}}})", "{{check}}", "A")],
+        w=8,
+        min_=0,
+        max_=1,
+        options=TS_OPTIONS,
+    )
+    lay.add(
+        "timeseries",
+        "k6 VUs and iterations",
+        "Virtual users (running and allocated) and iterations per second.",
+        "short",
+        [
+            target(f"sum(k6_vus{{{K6}}})", "VUs", "A"),
+            target(f"sum(k6_vus_max{{{K6}}})", "VUs allocated", "B"),
+            target(f"sum(rate(k6_iterations_total{{{K6}}}[{RI}]))", "iterations/s", "C"),
+        ],
+        w=8,
+        min_=0,
+        options=TS_OPTIONS,
+    )
+    lay.add(
+        "timeseries",
+        "k6 data transfer",
+        "Bytes per second sent and received by k6.",
+        "Bps",
+        [
+            target(f"sum(rate(k6_data_sent_total{{{K6}}}[{RI}]))", "sent", "A"),
+            target(f"sum(rate(k6_data_received_total{{{K6}}}[{RI}]))", "received", "B"),
+        ],
+        w=24,
+        min_=0,
+        options=TS_OPTIONS,
+    )
+    return {
+        "uid": "retriever-k6",
+        "title": "retriever k6 load tests",
+        "description": "k6 client-side results (Prometheus remote write output), one run per testid tag.",
+        "tags": ["retriever", "k6"],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-30m", "to": "now"},
+        "timezone": "browser",
+        "templating": {
+            "list": [
+                DATASOURCE_VARIABLE,
+                {
+                    "name": "testid",
+                    "label": "Test run",
+                    "type": "query",
+                    "datasource": DS,
+                    "query": {
+                        "qryType": 1,
+                        "query": "label_values(k6_http_reqs_total, testid)",
+                        "refId": "PrometheusVariableQueryEditor-VariableQuery",
+                    },
+                    "refresh": 2,
+                    "sort": 2,
+                    "hide": 0,
+                    "includeAll": True,
+                    "allValue": ".*",
+                    "multi": True,
+                    "current": {"text": ["All"], "value": ["$__all"]},
+                    "regex": "",
+                    "options": [],
+                },
+            ]
+        },
+        "panels": lay.panels,
+    }
+
+
+DASHBOARDS = {"retriever.json": retriever_dashboard, "k6.json": k6_dashboard}
 
 
 def render(build: Any) -> str:

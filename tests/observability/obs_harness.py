@@ -38,6 +38,30 @@ CONTRACT = REPO / "docs" / "CONTRACT.md"
 # What the test Prometheus attaches to every scraped series (a ServiceMonitor attaches the same labels).
 TEST_NAMESPACE = "retriever-test"
 TEST_POD = "retriever-test-0"
+# The `testid` tag of the k6 run the live test pushes (k6.json's variable).
+TEST_K6_TESTID = "obs-live"
+K6_SCRIPT = Path(__file__).resolve().parent / "k6_traffic.js"
+
+# Per dashboard: the template variables that scope its data, and the matchers every selector carries.
+DASHBOARD_SCOPES: dict[str, dict[str, str]] = {
+    "retriever.json": {"namespace": 'namespace="$namespace"', "pod": 'pod=~"$pod"'},
+    "k6.json": {"testid": 'testid=~"$testid"'},
+}
+# Series k6's Prometheus remote-write output creates (k6 1.1, trend stats p(50), p(95), p(99), max).
+K6_METRICS: set[str] = {
+    "k6_http_reqs_total",
+    "k6_http_req_failed_rate",
+    "k6_http_req_duration_p50",
+    "k6_http_req_duration_p95",
+    "k6_http_req_duration_p99",
+    "k6_checks_rate",
+    "k6_vus",
+    "k6_vus_max",
+    "k6_iterations_total",
+    "k6_data_sent_total",
+    "k6_data_received_total",
+}
+K6_TREND_STATS = "p(50),p(95),p(99),max"
 
 # Metrics the dashboard and rules read that the service does not export: they come from
 # kube-state-metrics and the kubelet's cAdvisor in a cluster, and do not exist in the test Prometheus.
@@ -55,6 +79,7 @@ EXTERNAL_ONLY_PANELS: dict[tuple[str, str], str] = {
     ("Memory against request and limit", "C"): "memory request: kube_pod_container_resource_requests (KSM)",
     ("Memory against request and limit", "D"): "memory limit: kube_pod_container_resource_limits (KSM)",
     ("CPU", "B"): "CPU request: kube_pod_container_resource_requests (KSM)",
+    ("Restarts", "A"): "kube_pod_container_status_restarts_total (KSM); the Uptime panel shows restarts without it",
 }
 EXTERNAL_ONLY_RULES: dict[str, str] = {
     "namespace_pod:retriever_memory_limit_bytes:max": "kube_pod_container_resource_limits (KSM)",
@@ -72,6 +97,12 @@ def prometheus_binary() -> str | None:
 
 def promtool_binary() -> str | None:
     return os.environ.get("PROMTOOL_BIN") or shutil.which("promtool")
+
+
+def k6_binary() -> str | None:
+    """k6 from `make tools-k6` (.tools/k6venv), K6_BIN, or PATH."""
+    pinned = REPO / ".tools" / "k6venv" / "bin" / "k6"
+    return os.environ.get("K6_BIN") or (str(pinned) if pinned.exists() else None) or shutil.which("k6")
 
 
 def free_port() -> int:
@@ -93,8 +124,8 @@ def contract_metrics() -> set[str]:
 
 # Series names our own service exports but docs/CONTRACT.md does not list (yet): see app/metrics.py.
 NOT_YET_IN_CONTRACT: dict[str, str] = {
-    "retriever_process_cpu_seconds_total": "per-worker CPU seconds (gauge); needed for the CPU panel",
-    "retriever_process_start_time_seconds": "per-worker start time; needed for the restarts fallback",
+    "retriever_process_cpu_seconds": "per-worker CPU seconds (gauge); needed for the CPU panel",
+    "retriever_process_start_time_seconds": "per-worker start time; needed for the Uptime panel",
 }
 
 
@@ -186,6 +217,7 @@ def substitute(
     values = {
         "namespace": TEST_NAMESPACE,
         "pod": TEST_POD,
+        "testid": TEST_K6_TESTID,
         "__rate_interval": rate_interval,
         "__range": range_,
         "__interval": interval,
@@ -404,6 +436,7 @@ class Prometheus:
                 f"--storage.tsdb.path={self.workdir / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--storage.tsdb.retention.time=1d",
+                "--web.enable-remote-write-receiver",  # k6's experimental-prometheus-rw output
                 "--log.level=warn",
             ],
             stdout=log,
@@ -621,22 +654,62 @@ class LoadMix:
     # threads sending verl-style single queries
     single_workers: int = 3
     # threads sending Search-R1-style batches of `batch_queries` queries (these fill the queue)
-    batch_workers: int = 2
-    batch_queries: int = 48
+    batch_workers: int = 1
+    batch_queries: int = 32
     # every n-th request of a single-query thread is a deliberate client error (rotating kinds)
     bad_every: int = 10
     max_topk: int = 20
     max_queries: int = 64
+    # concurrent requests of `burst_queries` sent at once by the probes: more than the queue holds
+    burst: int = 5
+    burst_queries: int = 48
     timeout_s: float = 30.0
 
 
-def run_load(base_url: str, mix: LoadMix, *, seed: int = 0) -> LoadReport:
+def run_probes(base_url: str, mix: LoadMix, *, seed: int = 0) -> LoadReport:
+    """Deterministic cases that must show up on the dashboard whatever the machine's speed:
+    one of each client error, and a burst of concurrent batches larger than the queue (refusals)."""
+    rng = random.Random(seed)
     queries = load_queries()
     report = LoadReport()
+    with httpx.Client(base_url=base_url, timeout=mix.timeout_s) as client:
+        for kind in ("bad_topk", "bad_too_many", "bad_invalid"):
+            label, kwargs = _bad_request(kind, rng, queries, mix)
+            report.add(label, client.post("/retrieve", **kwargs).status_code)
+    barrier = threading.Barrier(mix.burst)
+    lock = threading.Lock()
+
+    def burst(i: int) -> None:
+        body = {"queries": [rng.choice(queries) for _ in range(mix.burst_queries)], "topk": 3}
+        with httpx.Client(base_url=base_url, timeout=mix.timeout_s) as client:
+            barrier.wait(timeout=30)
+            try:
+                status: int | None = client.post("/retrieve", json=body).status_code
+            except httpx.HTTPError:
+                status = None
+        with lock:
+            report.add("burst", status)
+
+    threads = [threading.Thread(target=burst, args=(i,), daemon=True) for i in range(mix.burst)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=mix.timeout_s + 35)
+    return report
+
+
+def run_load(base_url: str, mix: LoadMix, *, seed: int = 0) -> LoadReport:
+    """Probes, mixed traffic bounded by `mix.duration_s` and `mix.max_requests`, probes again.
+
+    Probes run twice because a labelled counter appears only at its first increment, and rate()
+    cannot see the increment that created a series: the second round is what rates show.
+    """
+    t0 = time.monotonic()
+    report = run_probes(base_url, mix, seed=seed)
+    queries = load_queries()
     lock = threading.Lock()
     budget = [mix.max_requests]
     deadline = time.monotonic() + mix.duration_s
-    t0 = time.monotonic()
 
     def take() -> bool:
         with lock:
@@ -670,8 +743,18 @@ def run_load(base_url: str, mix: LoadMix, *, seed: int = 0) -> LoadReport:
         th.start()
     for th in threads:
         th.join(timeout=mix.duration_s + mix.timeout_s + 10)
+    time.sleep(1.5)  # at least one scrape between the two probe rounds
+    report.merge(run_probes(base_url, mix, seed=seed + 1))
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _bad_request(kind: str, rng: random.Random, queries: list[str], mix: LoadMix) -> tuple[str, Json]:
+    if kind == "bad_topk":
+        return kind, {"json": {"queries": [rng.choice(queries)], "topk": mix.max_topk + 1}}
+    if kind == "bad_too_many":
+        return kind, {"json": {"queries": [rng.choice(queries) for _ in range(mix.max_queries + 1)], "topk": 3}}
+    return "bad_invalid", {"content": b'{"queries": 42}', "headers": {"content-type": "application/json"}}
 
 
 def _request(kind: str, n: int, rng: random.Random, queries: list[str], mix: LoadMix) -> tuple[str, Json]:
@@ -679,14 +762,39 @@ def _request(kind: str, n: int, rng: random.Random, queries: list[str], mix: Loa
         qs = [rng.choice(queries) for _ in range(mix.batch_queries)]
         return "batch", {"json": {"queries": qs, "topk": 3, "return_scores": True}}
     if mix.bad_every and n % mix.bad_every == 0:
-        bad = (n // mix.bad_every) % 3
-        if bad == 0:
-            return "bad_topk", {"json": {"queries": [rng.choice(queries)], "topk": mix.max_topk + 1}}
-        if bad == 1:
-            many = [rng.choice(queries) for _ in range(mix.max_queries + 1)]
-            return "bad_too_many", {"json": {"queries": many, "topk": 3}}
-        return "bad_invalid", {"content": b'{"queries": 42}', "headers": {"content-type": "application/json"}}
+        bad = ("bad_topk", "bad_too_many", "bad_invalid")[(n // mix.bad_every) % 3]
+        return _bad_request(bad, rng, queries, mix)
     return "single", {"json": {"queries": [rng.choice(queries)], "topk": 3, "return_scores": n % 2 == 0}}
+
+
+def run_k6(base_url: str, prometheus: Prometheus, workdir: Path, *, duration: str = "8s", rate: int = 3) -> str:
+    """Run tests/observability/k6_traffic.js against the service, pushing k6's metrics into
+    `prometheus` (remote write). Returns k6's output; raises when k6 is missing or hangs."""
+    k6 = k6_binary()
+    if not k6:
+        raise RuntimeError("k6 not found: run `make tools-k6`")
+    env = dict(os.environ)
+    env.update(
+        {
+            "BASE_URL": base_url,
+            "OBS_K6_DURATION": duration,  # not K6_*: k6 reads those as its own options
+            "OBS_K6_RATE": str(rate),
+            "K6_NO_USAGE_REPORT": "true",
+            "K6_PROMETHEUS_RW_SERVER_URL": f"{prometheus.url}/api/v1/write",
+            "K6_PROMETHEUS_RW_PUSH_INTERVAL": "1s",
+            "K6_PROMETHEUS_RW_TREND_STATS": K6_TREND_STATS,
+        }
+    )
+    proc = subprocess.run(
+        [k6, "run", "--quiet", "--no-color", "--tag", f"testid={TEST_K6_TESTID}", "-o", "experimental-prometheus-rw",
+         str(K6_SCRIPT)],
+        env=env, cwd=workdir, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    (workdir / "k6.log").write_text(out)
+    if proc.returncode not in (0, 99):  # 99: a threshold failed (none are set, but not our concern here)
+        raise RuntimeError(f"k6 exited {proc.returncode}:\n{out[-3000:]}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- live stack
@@ -694,7 +802,8 @@ def _request(kind: str, n: int, rng: random.Random, queries: list[str], mix: Loa
 LIVE_ENV_LIMITS = {
     "RETRIEVER_MAX_TOPK": 20,
     "RETRIEVER_MAX_QUERIES_PER_REQUEST": 64,
-    "RETRIEVER_MAX_QUEUE": 96,
+    # steady load queues at most 32 + 3 queries per worker; a burst of 48-query requests overfills it
+    "RETRIEVER_MAX_QUEUE": 128,
 }
 
 
@@ -707,6 +816,7 @@ class LiveStack:
     end: float = 0.0  # unix time the scenario finished
     loads: list[LoadReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    k6_error: str = ""  # why the k6 run did not happen or failed ("" when it ran)
 
     def query_range(self, expr: str, start: float | None = None, end: float | None = None) -> Json:
         return self.prometheus.query_range(expr, start or self.start, end or self.end, step=1.0)
@@ -734,12 +844,17 @@ def build_live_stack(
     ready_timeout: float,
     mix: LoadMix | None = None,
     restart: bool = True,
+    with_k6: bool = True,
 ) -> Iterator[LiveStack]:
     """Service up -> Prometheus scraping -> load -> restart (not-ready window) -> load -> settle.
 
     Yields once everything has happened; stops Prometheus and the service (by PID) afterwards.
     """
     mix = mix or live_mix()
+    # Each worker process has its own queue: a burst must overfill one of them however the kernel
+    # spreads the connections, so one more request than all the queues can admit together.
+    per_worker = LIVE_ENV_LIMITS["RETRIEVER_MAX_QUEUE"] // mix.burst_queries
+    mix.burst = workers * per_worker + 1
     env = {k: str(v) for k, v in LIVE_ENV_LIMITS.items()}
     service = RetrieverService(workdir / "service", demo_limit=demo_limit, workers=workers, env=env)
     prometheus = Prometheus(
@@ -770,6 +885,13 @@ def build_live_stack(
             t = time.monotonic()
             stack.loads.append(run_load(service.url, mix, seed=2))
             timings["load_2_s"] = round(time.monotonic() - t, 1)
+        if with_k6:
+            t = time.monotonic()
+            try:
+                run_k6(service.url, prometheus, workdir)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                stack.k6_error = str(exc)
+            timings["k6_s"] = round(time.monotonic() - t, 1)
         time.sleep(3)  # two more scrapes and rule evaluations after the last request
         stack.end = time.time()
         stack.timings = timings

@@ -19,12 +19,12 @@ import pytest
 
 DASHBOARDS = h.dashboard_files()
 # Grafana unit ids our panels may use (a typo such as "second" would silently show raw numbers).
-KNOWN_UNITS = {"s", "ms", "reqps", "percentunit", "short", "none", "bytes", "decbytes", "ops", "cps"}
+KNOWN_UNITS = {"s", "ms", "reqps", "percentunit", "short", "none", "bytes", "decbytes", "ops", "cps", "Bps"}
 ALLOWED_RANGES = re.compile(r"^\$__rate_interval$|^\$__range(:(\$__interval)?)?$")
 
 
 def test_dashboards_exist() -> None:
-    assert "retriever.json" in [p.name for p in DASHBOARDS]
+    assert [p.name for p in DASHBOARDS] == sorted(h.DASHBOARD_SCOPES)
 
 
 def test_generated_json_is_up_to_date() -> None:
@@ -72,23 +72,24 @@ def test_grafana_schema_rejects_broken_dashboards(grafana_dashboard_schema: dict
 # ---------------------------------------------------------------------------------------------- our rules
 @pytest.fixture(params=DASHBOARDS, ids=lambda p: p.name)
 def dashboard(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return h.load_json(request.param)
+    return h.load_json(request.param) | {"_file": request.param.name}
 
 
 def test_datasource_and_scope_variables(dashboard: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     ds = variables.get("datasource")
     assert ds is not None and ds["type"] == "datasource" and ds["query"] == "prometheus"
-    for name in ("namespace", "pod"):
+    for name in h.DASHBOARD_SCOPES[dashboard["_file"]]:
         var = variables.get(name)
         assert var is not None, f"missing ${name} variable"
         assert var["type"] == "query"
         assert var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
         assert re.fullmatch(rf"label_values\((\w+)(\{{.*\}})?, ?{name}\)", query), query
-    assert variables["pod"]["includeAll"] and variables["pod"]["allValue"] == ".*"
-    pod_query = variables["pod"]["query"]["query"]
-    assert 'namespace="$namespace"' in pod_query, "pod list must follow the chosen namespace"
+    if dashboard["_file"] == "retriever.json":
+        assert variables["pod"]["includeAll"] and variables["pod"]["allValue"] == ".*"
+        pod_query = variables["pod"]["query"]["query"]
+        assert 'namespace="$namespace"' in pod_query, "pod list must follow the chosen namespace"
 
 
 def test_every_panel_uses_the_datasource_variable(dashboard: dict[str, Any]) -> None:
@@ -141,8 +142,8 @@ def test_query_conventions(q: h.PanelQuery) -> None:
     assert info.selectors, "query reads no metric"
     for sel in info.selectors:
         assert sel.metric, f"selector without a metric name: {sel.matchers}"
-        assert 'namespace="$namespace"' in sel.matchers, f"{sel.metric} not scoped to $namespace"
-        assert 'pod=~"$pod"' in sel.matchers, f"{sel.metric} not scoped to $pod"
+        for variable, matcher in h.DASHBOARD_SCOPES[q.dashboard].items():
+            assert matcher in sel.matchers, f"{sel.metric} not scoped to ${variable}"
     for inner in info.ranges:
         assert ALLOWED_RANGES.match(inner), f"hard-coded range [{inner}]: use $__rate_interval"
     for func, inner in info.range_functions:
@@ -153,14 +154,17 @@ def test_query_conventions(q: h.PanelQuery) -> None:
 
 
 def test_metrics_are_the_services_or_declared_external() -> None:
-    known = h.service_series()
-    used = {name for q in QUERIES for name in h.metric_names(q.expr)}
-    unknown = used - known - set(h.EXTERNAL_METRICS)
-    assert not unknown, f"dashboards read metrics nobody exports: {sorted(unknown)}"
+    allowed = {
+        "retriever.json": h.service_series() | set(h.EXTERNAL_METRICS),
+        "k6.json": h.K6_METRICS,
+    }
+    for q in QUERIES:
+        unknown = h.metric_names(q.expr) - allowed[q.dashboard]
+        assert not unknown, f"{q.test_id} reads metrics nobody exports: {sorted(unknown)}"
 
 
 def test_every_contract_metric_is_on_the_dashboard() -> None:
-    used = {name for q in QUERIES for name in h.metric_names(q.expr)}
+    used = {name for q in QUERIES if q.dashboard == "retriever.json" for name in h.metric_names(q.expr)}
     missing = [
         metric
         for metric in sorted(h.contract_metrics())
