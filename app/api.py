@@ -7,13 +7,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_fastapi_instrumentator import Instrumentator
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
@@ -26,14 +27,24 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def _json_integer(value: object) -> object:
+    """JSON Schema's integer: 3 or 3.0, never true or "3" (which pydantic's lax mode would take)."""
+    if isinstance(value, (bool, str)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
 class RetrieveRequest(BaseModel):
-    """Search-R1's request. Unknown fields are ignored, as its server does."""
+    """Search-R1's request. Unknown fields are ignored, as its server does. Values are taken as
+    their OpenAPI schema types say, without coercion: no "3" for 3, no 0 for false."""
 
     model_config = ConfigDict(extra="ignore")
 
-    queries: list[str] = Field(..., description="Questions to search for; one result list each, in order.")
-    topk: int | None = Field(None, description="Passages per query; null or 0 means the server default (3).")
-    return_scores: bool = Field(False, description="Wrap each passage as {document, score}.")
+    queries: list[StrictStr] = Field(..., description="Questions to search for; one result list each, in order.")
+    topk: Annotated[int, BeforeValidator(_json_integer)] | None = Field(
+        None, description="Passages per query; null or 0 means the server default (3)."
+    )
+    return_scores: StrictBool = Field(False, description="Wrap each passage as {document, score}.")
 
 
 class Document(BaseModel):
@@ -51,15 +62,64 @@ class RetrieveResponse(BaseModel):
     result: list[list[ScoredDocument]] | list[list[Document]]
 
 
+class ValidationProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: `{"detail": "message"}`, or one entry per invalid field for schema errors."""
+
+    detail: str | list[ValidationProblem]
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, detail: str, reason: str | None = None, retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.status, self.detail, self.reason, self.retry_after = status, detail, reason, retry_after
 
 
-def _error(status: int, detail: Any, retry_after: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+def _error(
+    status: int, detail: Any, retry_after: int | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _body_parse_problem(cause: BaseException) -> str:
+    """Why the framework could not parse a body (it only says 'There was an error parsing the body')."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid UTF-8 (byte {cause.start}: {cause.reason}); send UTF-8 JSON"
+    if isinstance(cause, RecursionError):
+        return "request body is not valid JSON: nested too deeply"
+    return f"request body is not valid JSON: {str(cause)[:200] or type(cause).__name__}"
+
+
+def _unpaired_surrogate(queries: list[str]) -> str | None:
+    """JSON may escape lone surrogates (\\ud800); they are not text and the tokenizer fails on them."""
+    for position, query in enumerate(queries):
+        if query.isascii():
+            continue
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (
+                f"queries[{position}]: holds an unpaired surrogate (\\u{ord(query[exc.start]):04x} at "
+                f"character {exc.start}), which is not valid Unicode"
+            )
+    return None
 
 
 def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -174,7 +234,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins.strip():
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -183,13 +245,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(exc.status, exc.detail, exc.retry_after)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.REJECTIONS.labels("invalid").inc()
+        content_type = request.headers.get("content-type")
+        if content_type is None or not _is_json(content_type):
+            # The framework did not even parse such a body; "not a valid dictionary" would mislead.
+            got = repr(content_type[:100]) if content_type is not None else "no Content-Type"
+            return _error(415, f"Content-Type must be application/json (got {got})")
         return _error(422, _validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, exc.detail)
+        detail = exc.detail
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            detail = _body_parse_problem(exc.__cause__)
+        return _error(exc.status_code, detail, headers=exc.headers)  # keeps e.g. Allow on a 405
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -200,9 +270,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/retrieve",
         response_model=RetrieveResponse,
         responses={
-            413: {"description": "Body larger than max_body_bytes"},
-            422: {"description": "Invalid request or a limit exceeded"},
-            503: {"description": "Not ready, or overloaded (with Retry-After)"},
+            400: _error_response("Body is not UTF-8 JSON"),
+            401: _error_response("Missing or wrong bearer token (when authentication is on)"),
+            408: _error_response("Body not received within body_read_timeout_s"),
+            413: _error_response("Body larger than max_body_bytes"),
+            415: _error_response("Content-Type is not application/json"),
+            422: _error_response("Invalid request or a limit exceeded"),
+            503: _error_response("Not ready, or overloaded (with Retry-After)"),
         },
     )
     async def retrieve(request: RetrieveRequest) -> Response:
@@ -218,6 +292,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 f"{settings.max_queries_per_request} per request (RETRIEVER_MAX_QUERIES_PER_REQUEST)",
                 "too_many_queries",
             )
+        if (problem := _unpaired_surrogate(request.queries)) is not None:
+            raise ApiError(422, problem, "invalid")
         runtime.inflight += 1
         metrics.INFLIGHT.set(runtime.inflight)
         try:
@@ -264,6 +340,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.sample_process()
         return Response(metrics.render_latest(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def openapi_with_limits() -> dict[str, Any]:
+        """The generated schema, plus the request limits of this server's settings."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            fields = schema["components"]["schemas"]["RetrieveRequest"]["properties"]
+            fields["queries"].update(minItems=1, maxItems=settings.max_queries_per_request)
+            for option in fields["topk"].get("anyOf", [fields["topk"]]):
+                if option.get("type") == "integer":
+                    option.update(minimum=0, maximum=settings.max_topk)
+        return app.openapi_schema
+
+    app.openapi = openapi_with_limits  # type: ignore[method-assign]
     return app
 
 

@@ -1,11 +1,13 @@
-"""ASGI guards in front of the API: body size limit and bearer-token authentication."""
+"""ASGI guards in front of the API: body size limit, body read timeout and bearer-token authentication."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
 from pathlib import Path
+from typing import NoReturn
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,15 +32,17 @@ async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[b
     await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyRefused(Exception):
+    """Raised into the app's receive() once our own 413/408 answer has gone out."""
 
 
 class BodyLimitMiddleware:
-    """413 for bodies over the limit: by Content-Length up front, or by counting a streamed body."""
+    """413 for bodies over the limit: by Content-Length up front, or by counting a streamed body.
+    408 (and the connection closed) when the whole body has not arrived within `read_timeout_s`:
+    uvicorn has no body timeout, so a client trickling bytes (slowloris) would hold a request forever."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float | None = None) -> None:
+        self.app, self.max_bytes, self.read_timeout_s = app, max_bytes, read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,47 +61,74 @@ class BodyLimitMiddleware:
                     await _send_json(send, 413, message)
                     return
         received = 0
-        started = refused = False
+        started = refused = body_done = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout_s if self.read_timeout_s else None
+
+        async def refuse(status: int, detail: str, reason: str, headers: list[tuple[bytes, bytes]]) -> NoReturn:
+            # Answer here: the framework would turn the exception raised after this into a generic 400.
+            nonlocal refused
+            refused = True
+            if not started:
+                metrics.REJECTIONS.labels(reason).inc()
+                await _send_json(send, status, detail, headers)
+            raise _BodyRefused
 
         async def counting_receive() -> Message:
-            nonlocal received, refused
-            incoming = await receive()
+            nonlocal received, body_done
+            if refused:
+                raise _BodyRefused
+            if body_done or deadline is None:
+                incoming = await receive()
+            else:
+                try:
+                    incoming = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+                except asyncio.TimeoutError:
+                    await refuse(
+                        408,
+                        f"request body not received within {self.read_timeout_s:g} s "
+                        f"(got {received} bytes; RETRIEVER_BODY_READ_TIMEOUT_S)",
+                        "body_timeout",
+                        [(b"connection", b"close")],
+                    )
             if incoming["type"] == "http.request":
                 received += len(incoming.get("body", b""))
-                if received > self.max_bytes and not refused:
-                    # Answer here: the framework would turn the exception below into a generic 400.
-                    refused = True
-                    if not started:
-                        metrics.REJECTIONS.labels("body_too_large").inc()
-                        await _send_json(send, 413, message)
-                    raise _BodyTooLarge
+                body_done = not incoming.get("more_body", False)
+                if received > self.max_bytes:
+                    await refuse(413, message, "body_too_large", [])
             return incoming
 
         async def tracking_send(outgoing: Message) -> None:
             nonlocal started
             if refused:
-                return  # our 413 already went out
+                return  # our 413 or 408 already went out
             if outgoing["type"] == "http.response.start":
                 started = True
             await send(outgoing)
 
-        with contextlib.suppress(_BodyTooLarge):
+        with contextlib.suppress(_BodyRefused):
             await self.app(scope, counting_receive, tracking_send)
 
 
 def load_tokens(settings: Settings) -> list[bytes]:
     tokens: list[str] = []
-    if settings.auth_tokens:
+    if settings.auth_tokens is not None:
         tokens += settings.auth_tokens.split(",")
+        if not any(t.strip() for t in tokens):
+            # Set but empty (say, from an empty Secret key): refuse rather than serve without authentication.
+            raise GuardError("RETRIEVER_AUTH_TOKENS is set but holds no token (unset it to turn authentication off)")
     if settings.auth_tokens_file is not None:
         path = Path(settings.auth_tokens_file)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise GuardError(f"{path}: cannot read auth tokens file ({exc.strerror})") from None
-        tokens += [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-        if not any(t.strip() for t in tokens):
+        except UnicodeDecodeError:
+            raise GuardError(f"{path}: auth tokens file is not UTF-8 text") from None
+        from_file = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        if not any(t.strip() for t in from_file):
             raise GuardError(f"{path}: auth tokens file holds no token")
+        tokens += from_file
     return [t.strip().encode() for t in tokens if t.strip()]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ class FaissIndex:
                 return faiss.read_index(str(path), flags)
             except RuntimeError as exc:
                 first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+                # Drop FAISS's C++ location ("Error in <signature> at <file>:<line>: Error: ").
+                first = re.sub(r"^Error in .*? at \S+:\d+: (?:Error: )?", "", first)
                 raise IndexError_(f"{path}: not a readable FAISS index (truncated or corrupted?): {first}") from None
 
         if not use_mmap:
@@ -125,13 +128,16 @@ class FaissIndex:
         """Scores and row ids, best first; ids are -1 where fewer than topk rows exist."""
         return self.index.search(vectors, min(topk, max(self.count, 1)))
 
-    def touch_pages(self, progress: Callable[[float], None] | None = None) -> None:
-        """Fault the mapped file in (warm-up), reading one byte per page through our own mapping."""
+    def touch_pages(self, progress: Callable[[float], None] | None = None, step: int = 64 * 1024 * 1024) -> None:
+        """Fault the file into the page cache (warm-up), reading one byte per page through our own
+        mapping; `progress` gets the fraction done after each `step` bytes."""
+        step = max(mmap.PAGESIZE, step - step % mmap.PAGESIZE)
         with open(self.path, "rb") as handle:
             view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             try:
-                step = 64 * 1024 * 1024
                 for start in range(0, self.nbytes, step):
+                    if hasattr(mmap, "MADV_WILLNEED"):  # read ahead the whole step, not page by page
+                        view.madvise(mmap.MADV_WILLNEED, start, min(step, self.nbytes - start))
                     chunk = np.frombuffer(view, dtype=np.uint8, count=min(step, self.nbytes - start), offset=start)
                     int(chunk[:: mmap.PAGESIZE].sum())
                     del chunk
