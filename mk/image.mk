@@ -1,6 +1,6 @@
 # Container image: build it here with podman, offline, and test it end to end.
 #
-#   make image        wheelhouse + base image + podman build -> $(IMAGE)       (cold ~10 min, warm seconds)
+#   make image        wheelhouse + base image + podman build -> $(IMAGE)  (cold ~7 min, app change 4-6 min)
 #   make image-run    serve the image on http://127.0.0.1:$(IMAGE_PORT) (Ctrl-C stops it)
 #   make podman-e2e   helm template | podman kube play, query, memory limit, SIGTERM drain (part of `make test`)
 #
@@ -14,7 +14,7 @@
 
 IMAGE ?= localhost/retriever:dev
 IMAGE_PORT ?= 8000
-# Articles in the baked demo index; the build embeds them at about 30 per second on 2 cores.
+# Articles in the baked demo index; the build embeds 10-30 per second on 2 cores (1000: 1-2 min).
 DEMO_LIMIT ?= 1000
 # Empty: choose (an existing localhost/debian:bookworm, else python:3.11-slim from a registry, else debootstrap).
 BASE_IMAGE ?=
@@ -81,8 +81,11 @@ base-image: tools-podman ## base image: $(BASE_IMAGE), else localhost/debian:boo
 	echo "base image: $$ref"; echo "$$ref" > $(IMAGE_BUILD_DIR)/base-image
 
 # podman's layer cache makes a rebuild after a code change cost the app layer + the demo index only.
+# The image it replaces is removed (its layers stay while the new image shares them); `make image-clean`
+# drops the build cache too.
 image: base-image $(if $(filter 1,$(IMAGE_OFFLINE)),wheelhouse) ## build $(IMAGE) with podman (offline from ./wheelhouse)
 	@start=$$(date +%s); \
+	previous=$$($(PODMAN) image inspect --format '{{.Id}}' $(IMAGE) 2>/dev/null || true); \
 	timeout 3600 $(PODMAN) build --layers \
 		--build-arg BASE_IMAGE=$$(cat $(IMAGE_BUILD_DIR)/base-image) \
 		--build-arg PIP_NO_INDEX=$(IMAGE_OFFLINE) \
@@ -92,7 +95,9 @@ image: base-image $(if $(filter 1,$(IMAGE_OFFLINE)),wheelhouse) ## build $(IMAGE
 		-t $(IMAGE) . >$(IMAGE_BUILD_DIR)/build.log 2>&1 \
 		|| { tail -40 $(IMAGE_BUILD_DIR)/build.log; echo "podman build failed: $(IMAGE_BUILD_DIR)/build.log" >&2; exit 1; }; \
 	echo "$(IMAGE): built in $$(( $$(date +%s) - start )) s," \
-		"$$($(PODMAN) image inspect --format '{{.Size}}' $(IMAGE) | awk '{printf "%.0f MB", $$1/1e6}')"
+		"$$($(PODMAN) image inspect --format '{{.Size}}' $(IMAGE) | awk '{printf "%.0f MB", $$1/1e6}')"; \
+	current=$$($(PODMAN) image inspect --format '{{.Id}}' $(IMAGE)); \
+	if [ -n "$$previous" ] && [ "$$previous" != "$$current" ]; then $(PODMAN) rmi "$$previous" >/dev/null 2>&1 || true; fi
 
 image-run: image ## serve $(IMAGE) on http://127.0.0.1:$(IMAGE_PORT) (the baked demo index)
 	$(PODMAN) run --rm --name retriever-image-run -p 127.0.0.1:$(IMAGE_PORT):8000 --memory 3g $(IMAGE)
