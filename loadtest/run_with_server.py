@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -64,6 +65,20 @@ def rss_bytes(pid: int) -> int | None:
                     seen = True
         except OSError:
             continue
+    return total if seen else None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """user+system CPU time of pid (all its threads) plus its descendants."""
+    total, seen = 0.0, False
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        seen = True
     return total if seen else None
 
 
@@ -137,6 +152,15 @@ def stop(proc: subprocess.Popen, timeout: float) -> int | None:
         return None
 
 
+def answered_queries(summary: Path) -> int | None:
+    """queries_answered from a script's handleSummary JSON, if it wrote one this run."""
+    try:
+        data = json.loads(summary.read_text())
+        return int(data["metrics"]["queries_answered"]["values"]["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def duration_s(text: str) -> float:
     """k6 duration ('10m', '1h30m', '90s') -> seconds."""
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
@@ -154,7 +178,7 @@ def main() -> int:
     ap.add_argument("--server-arg", action="append", default=[], help="extra `retriever serve` argument")
     ap.add_argument("--health-timeout", type=float, default=300, help="s (first run builds the index)")
     ap.add_argument("--k6-timeout", type=float, default=300, help="s per script; soak: +SOAK_DURATION")
-    ap.add_argument("--stop-timeout", type=float, default=30, help="s from SIGTERM to SIGKILL")
+    ap.add_argument("--stop-timeout", type=float, default=45, help="s from SIGTERM to SIGKILL (> 30 s drain)")
     ap.add_argument("--results-dir", default=os.environ.get("RESULTS_DIR", "loadtest/results"))
     ap.add_argument("--k6-arg", action="append", default=[], help="extra `k6 run` argument")
     args = ap.parse_args()
@@ -191,9 +215,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     with open(server_log, "w") as logf:
-        proc = subprocess.Popen(
-            cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT
-        )
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT)
     sampler = RssSampler(proc.pid)
     try:
         log(f"server PID {proc.pid} on {url}")
@@ -203,21 +225,28 @@ def main() -> int:
             return 1
         record["ready_s"] = round(time.monotonic() - t_start, 1)
         record["rss_ready_bytes"] = rss_bytes(proc.pid)
-        log(f"ready after {record['ready_s']}s, server RSS {mib(record['rss_ready_bytes'])}")
+        record["loadavg_start"] = os.getloadavg()[0]
+        log(
+            f"ready after {record['ready_s']}s, server RSS {mib(record['rss_ready_bytes'])}; "
+            f"machine load average {record['loadavg_start']:.1f} on {os.cpu_count()} CPUs"
+        )
         sampler.start()
         sampler.take_peak()
 
+        # --address "": no k6 REST API on :6565, so parallel k6 runs cannot collide
         k6_env = dict(env, BASE_URL=url, RESULTS_DIR=str(results), K6_NO_USAGE_REPORT="true")
         for path in scripts:
             limit = args.k6_timeout
             if path.stem == "soak":
                 limit = max(limit, duration_s(os.environ.get("SOAK_DURATION", "10m")) + 180)
+            (results / f"{path.stem}.json").unlink(missing_ok=True)
             before = rss_bytes(proc.pid)
+            cpu0, k6cpu0 = cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
             log(f"k6 run {path}")
             t0 = time.monotonic()
             try:
                 rc = subprocess.run(
-                    [args.k6, "run", "--quiet", "--no-color", *args.k6_arg, str(path)],
+                    [args.k6, "run", "--quiet", "--no-color", "--address", "", *args.k6_arg, str(path)],
                     env=k6_env,
                     timeout=limit,
                 ).returncode
@@ -226,6 +255,10 @@ def main() -> int:
                 rc = 124
             wall = time.monotonic() - t0
             after, peak = rss_bytes(proc.pid), sampler.take_peak()
+            cpu1, k6cpu1 = cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+            server_cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+            k6_cpu = (k6cpu1.ru_utime + k6cpu1.ru_stime) - (k6cpu0.ru_utime + k6cpu0.ru_stime)
+            answered = answered_queries(results / f"{path.stem}.json")
             alive = proc.poll() is None
             entry = {
                 "script": str(path),
@@ -235,13 +268,26 @@ def main() -> int:
                 "rss_peak_bytes": peak,
                 "rss_end_bytes": after,
                 "server_alive": alive,
+                "server_cpu_s": None if server_cpu is None else round(server_cpu, 2),
+                "k6_cpu_s": round(k6_cpu, 2),
+                "queries_answered": answered,
+                "loadavg_end": os.getloadavg()[0],
             }
             record["scripts"].append(entry)
             verdict = {0: "passed", 99: "thresholds crossed"}.get(rc, f"failed (k6 exit {rc})")
             log(
                 f"{path.name} {verdict} in {wall:.1f}s; server RSS start {mib(before)}, "
-                f"peak {mib(peak)}, end {mib(after)}"
+                f"peak {mib(peak)}, end {mib(after)}; load average {entry['loadavg_end']:.1f}"
             )
+            if answered and server_cpu is not None:
+                # CPU cost per query does not depend on what else the machine runs: a capacity
+                # estimate for a quiet machine is cores / (server + k6 CPU per query).
+                per_q = (server_cpu + k6_cpu) / answered
+                log(
+                    f"{answered} queries answered; CPU per query: server {1000 * server_cpu / answered:.2f} ms, "
+                    f"k6 {1000 * k6_cpu / answered:.2f} ms -> at most {os.cpu_count() / per_q:.0f} queries/s "
+                    f"on {os.cpu_count()} idle cores"
+                )
             failed |= rc != 0
             if not alive:
                 log(f"server died during {path.name} (exit {proc.returncode})")

@@ -16,6 +16,7 @@ import {
   batchRequest,
   checkAnswer,
   num,
+  perMinute,
   postRetrieve,
   randomQueries,
   retrieveBody,
@@ -34,8 +35,9 @@ const relevanceHit = new Rate('relevance_hit');
 const thresholds = {
   checks: ['rate==1'],
   http_req_failed: ['rate==0'],
-  'http_req_duration{shape:single}': ['p(95)<1000'],
-  'http_req_duration{shape:batch}': ['p(95)<3000'],
+  // loose: this gate catches a hung server, load.js judges a slow one
+  'http_req_duration{shape:single}': ['p(95)<2000'],
+  'http_req_duration{shape:batch}': ['p(95)<4000'],
 };
 if (RELEVANCE_MIN > 0) thresholds.relevance_hit = [`rate>=${RELEVANCE_MIN}`];
 
@@ -45,8 +47,8 @@ export const options = {
     single: {
       executor: 'constant-arrival-rate',
       exec: 'single',
-      rate: num('SMOKE_SINGLE_RATE', 10),
-      timeUnit: '1s',
+      rate: perMinute(num('SMOKE_SINGLE_RATE', 5)),
+      timeUnit: '1m',
       duration: DURATION,
       preAllocatedVUs: 5,
       maxVUs: 20,
@@ -54,8 +56,8 @@ export const options = {
     batch: {
       executor: 'constant-arrival-rate',
       exec: 'batch',
-      rate: num('SMOKE_BATCH_RATE', 1),
-      timeUnit: '1s',
+      rate: perMinute(num('SMOKE_BATCH_RATE', 0.5)),
+      timeUnit: '1m',
       duration: DURATION,
       preAllocatedVUs: 2,
       maxVUs: 5,

@@ -19,6 +19,7 @@ import {
   durationSeconds,
   fmtBytes,
   num,
+  perMinute,
   queriesSent,
   scrapeMetrics,
   singleRequest,
@@ -29,8 +30,10 @@ import {
 const DURATION = __ENV.SOAK_DURATION || '10m';
 const WARMUP_S = num('SOAK_WARMUP_S', 60);
 const SAMPLE_S = num('SOAK_SAMPLE_S', 5);
-const SINGLE_RATE = num('SINGLE_RATE', 30);
+const SINGLE_RATE = num('SINGLE_RATE', 20);
 const BATCH_RATE = num('BATCH_RATE', 1);
+const SINGLE_VUS = Math.max(20, Math.ceil(SINGLE_RATE * 5));
+const BATCH_VUS = Math.max(5, Math.ceil(BATCH_RATE * 5));
 const RSS_GROWTH_MAX = num('RSS_GROWTH_MAX', 0.1);
 if (durationSeconds(DURATION) < WARMUP_S + 3 * SAMPLE_S) {
   // Fewer samples would leave rss_growth_ratio empty, and an empty trend passes its threshold.
@@ -47,27 +50,27 @@ export const options = {
     single: {
       executor: 'constant-arrival-rate',
       exec: 'single',
-      rate: SINGLE_RATE,
-      timeUnit: '1s',
+      rate: perMinute(SINGLE_RATE),
+      timeUnit: '1m',
       duration: DURATION,
-      preAllocatedVUs: Math.max(5, Math.ceil(SINGLE_RATE / 2)),
-      maxVUs: 200,
+      preAllocatedVUs: SINGLE_VUS,
+      maxVUs: SINGLE_VUS,
     },
     batch: {
       executor: 'constant-arrival-rate',
       exec: 'batch',
-      rate: BATCH_RATE,
-      timeUnit: '1s',
+      rate: perMinute(BATCH_RATE),
+      timeUnit: '1m',
       duration: DURATION,
-      preAllocatedVUs: Math.max(2, Math.ceil(BATCH_RATE * 2)),
-      maxVUs: 50,
+      preAllocatedVUs: BATCH_VUS,
+      maxVUs: BATCH_VUS,
     },
     monitor: { executor: 'constant-vus', exec: 'monitor', vus: 1, duration: DURATION },
   },
   thresholds: {
     http_req_failed: ['rate<0.01'],
     checks: ['rate>0.99'],
-    'http_req_duration{shape:single}': [`p(95)<${num('SINGLE_P95_MS', 300)}`, `p(99)<${num('SINGLE_P99_MS', 600)}`],
+    'http_req_duration{shape:single}': [`p(95)<${num('SINGLE_P95_MS', 500)}`, `p(99)<${num('SINGLE_P99_MS', 1000)}`],
     'http_req_duration{shape:batch}': [`p(95)<${num('BATCH_P95_MS', 1000)}`, `p(99)<${num('BATCH_P99_MS', 2000)}`],
     dropped_iterations: [`count<=${num('MAX_DROPPED', 0)}`],
     rss_growth_ratio: [`max<${RSS_GROWTH_MAX}`],

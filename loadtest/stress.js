@@ -21,6 +21,7 @@ import {
   durationSeconds,
   fmtBytes,
   num,
+  perMinute,
   scrapeMetrics,
   singleRequest,
   summaryOutputs,
@@ -29,23 +30,24 @@ import {
 
 // Capacity of the target in queries/s (from `make capacity`); the default is the figure measured
 // on the 2-core CI machine with the demo index, see README.md.
-const CAPACITY = num('CAPACITY_QPS', 300);
+const CAPACITY = num('CAPACITY_QPS', 100);
 const FACTOR = num('STRESS_FACTOR', 5);
 const SINGLE_SHARE = num('SINGLE_SHARE', 0.5); // share of queries sent as 1-query calls
 const RAMP = __ENV.STRESS_RAMP || '15s';
 const HOLD = __ENV.STRESS_HOLD || '30s';
 const WARM = __ENV.STRESS_WARM || '10s';
 
-const singlePeak = Math.max(1, Math.round(CAPACITY * FACTOR * SINGLE_SHARE));
-const batchPeak = Math.max(1, Math.round((CAPACITY * FACTOR * (1 - SINGLE_SHARE)) / BATCH_SIZE));
-const singleHalf = Math.max(1, Math.round(CAPACITY * 0.5 * SINGLE_SHARE));
-const batchHalf = Math.max(1, Math.round((CAPACITY * 0.5 * (1 - SINGLE_SHARE)) / BATCH_SIZE));
+// calls per second (fractions allowed; the scenarios count per minute)
+const singlePeak = CAPACITY * FACTOR * SINGLE_SHARE;
+const batchPeak = (CAPACITY * FACTOR * (1 - SINGLE_SHARE)) / BATCH_SIZE;
+const singleHalf = CAPACITY * 0.5 * SINGLE_SHARE;
+const batchHalf = (CAPACITY * 0.5 * (1 - SINGLE_SHARE)) / BATCH_SIZE;
 
 function stages(half, peak) {
   return [
-    { target: half, duration: WARM }, // below capacity: everything admitted
-    { target: peak, duration: RAMP }, // through saturation
-    { target: peak, duration: HOLD }, // FACTOR x capacity
+    { target: perMinute(half), duration: WARM }, // below capacity: everything admitted
+    { target: perMinute(peak), duration: RAMP }, // through saturation
+    { target: perMinute(peak), duration: HOLD }, // FACTOR x capacity
     { target: 0, duration: '5s' },
   ];
 }
@@ -88,19 +90,19 @@ export const options = {
     single: {
       executor: 'ramping-arrival-rate',
       exec: 'single',
-      startRate: 1,
-      timeUnit: '1s',
+      startRate: 60,
+      timeUnit: '1m',
       stages: stages(singleHalf, singlePeak),
-      preAllocatedVUs: Math.min(100, singlePeak),
+      preAllocatedVUs: Math.min(100, Math.ceil(singlePeak)),
       maxVUs: num('SINGLE_MAX_VUS', 600),
     },
     batch: {
       executor: 'ramping-arrival-rate',
       exec: 'batch',
-      startRate: 1,
-      timeUnit: '1s',
+      startRate: 60,
+      timeUnit: '1m',
       stages: stages(batchHalf, batchPeak),
-      preAllocatedVUs: Math.min(20, batchPeak * 2),
+      preAllocatedVUs: Math.min(20, Math.ceil(batchPeak * 2)),
       maxVUs: num('BATCH_MAX_VUS', 150),
     },
     monitor: { executor: 'constant-vus', exec: 'monitor', vus: 1, duration: `${TOTAL_S}s` },
@@ -137,7 +139,7 @@ export function handleSummary(data) {
   const pct = (k) => (data.metrics[k] ? `${(100 * data.metrics[k].values.rate).toFixed(1)}%` : '-');
   const rssStart = data.setup_data ? data.setup_data.rss_start : null;
   return summaryOutputs('stress', data, [
-    `capacity ${CAPACITY} queries/s x ${FACTOR} = peak ${singlePeak} single calls/s + ${batchPeak} batch calls/s x ${BATCH_SIZE}`,
+    `capacity ${CAPACITY} queries/s x ${FACTOR} = peak ${singlePeak.toFixed(1)} single calls/s + ${batchPeak.toFixed(1)} batch calls/s x ${BATCH_SIZE}`,
     `stages: ${WARM} to half capacity, ${RAMP} ramp, ${HOLD} hold at peak, 5s down`,
     `refused share: all ${pct('refused')}, single ${pct('refused{shape:single}')}, batch ${pct('refused{shape:batch}')}`,
     trendLine(data, 'refusal_duration', 'refusal latency'),

@@ -51,8 +51,12 @@ loadtest-check: $(K6) ## parse every k6 script without running it
 load-test: install loadtest-check ## k6 smoke + load (SLO gate) against a fresh demo server; fails on any threshold
 	RELEVANCE_MIN=$(LOADTEST_RELEVANCE_MIN) $(LOADTEST_RUN) --k6-timeout 120 smoke load
 
+# Extra `retriever serve` flags for the stress server, e.g. STRESS_SERVER_ARGS=--max-queue=128
+# (empty: the shipped defaults are what we test).
+STRESS_SERVER_ARGS ?=
+
 stress: install $(K6) ## k6 ramp to 5x capacity: only 200 or fast 503+Retry-After, no timeouts
-	$(LOADTEST_RUN) --k6-timeout 300 stress
+	$(LOADTEST_RUN) --k6-timeout 300 $(addprefix --server-arg=,$(STRESS_SERVER_ARGS)) stress
 
 soak: install $(K6) ## k6 soak for SOAK_DURATION (default 10m): RSS start/end, request totals
 	SOAK_DURATION=$(SOAK_DURATION) $(LOADTEST_RUN) soak
