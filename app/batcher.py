@@ -1,13 +1,19 @@
 """The scheduler: admits requests, coalesces concurrent queries into batches, runs them off the loop.
 
 Two strategies share one interface (`submit(queries, topk)`):
-- `MicroBatcher`: one queue; whenever the compute thread is free it takes every waiting query
-  (up to `max_batch_size`) as one batch: one encoder call and one index search for all of them.
+- `MicroBatcher`: one queue; whenever the compute lane is free it takes every waiting query
+  (up to `max_batch_size`) as one batch: one encoder pass and one index scan for all of them.
   A lone caller is never delayed (no fixed wait unless `max_wait_ms` is set); under load,
   batches grow by themselves while the previous one runs.
 - `PerRequestRunner`: each request encoded and searched on its own in a worker thread
   (the usual "run_in_executor per request" design; kept for comparison: `--batching off`).
 Both refuse work past `max_queue` waiting queries with `Overloaded`, at once.
+
+The batching lane (`ComputeLane`) runs one batch at a time on every core: the lane thread and
+`threads - 1` helper threads each compute single-threaded and share the batch (the encoder splits
+the texts, a Flat index splits its rows; see `Helpers`). One join per stage replaces the thousands
+of OpenMP barriers that multi-threaded torch/FAISS kernels hit per batch, which on a small or busy
+machine cost more than the work (measured: bench/README.md).
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -29,6 +39,82 @@ log = logging.getLogger(__name__)
 
 # (queries, topk) -> (scores, ids), each of shape (len(queries), topk)
 SearchFn = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]
+P = TypeVar("P")
+R = TypeVar("R")
+
+# Batch forming: when the lane frees up and fewer queries wait than the last batch held (its callers
+# are still reading their answers and sending the next request), wait a little for them rather than
+# run a sliver: a Flat scan costs nearly as much for 1 query as for 64. Bounded by a fraction of the
+# last batch's compute time, so the wait never costs more than a small share of a batch.
+GATHER_FRACTION = 0.2
+GATHER_MAX_S = 0.1
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def single_threaded_compute() -> None:
+    """Make the calling thread run torch and FAISS kernels on itself only (no OpenMP team).
+
+    torch's setting is process-wide; FAISS's (OpenMP) is per thread, so every lane thread calls this.
+    Only libraries already loaded are touched.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    faiss = sys.modules.get("faiss")
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+
+
+@dataclass(frozen=True)
+class Helpers:
+    """Threads that share one batch's work with the thread that runs it."""
+
+    executor: ThreadPoolExecutor
+    count: int  # threads besides the caller
+
+    def map(self, fn: Callable[[P], R], parts: Sequence[P]) -> list[R]:
+        """fn over parts: the first on the calling thread, the rest on helpers; waits for all."""
+        futures: list[Future[R]] = [self.executor.submit(fn, part) for part in parts[1:]]
+        try:
+            first = fn(parts[0])
+        finally:
+            wait(futures)  # never leave a helper busy with this batch when the next one starts
+        return [first, *(future.result() for future in futures)]
+
+
+_lane = threading.local()
+
+
+def current_helpers() -> Helpers | None:
+    """The helpers of the lane this thread runs (None outside a batching lane: compute alone)."""
+    return getattr(_lane, "helpers", None)
+
+
+class ComputeLane:
+    """One thread that runs batches one after another, with `threads - 1` helpers; all single-threaded."""
+
+    def __init__(self, threads: int = 0) -> None:
+        self.threads = threads or available_cores()
+        self.helpers: Helpers | None = None
+        if self.threads > 1:
+            pool = ThreadPoolExecutor(self.threads - 1, "batch-helper", initializer=single_threaded_compute)
+            self.helpers = Helpers(pool, self.threads - 1)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch", initializer=self._enter)
+
+    def _enter(self) -> None:
+        single_threaded_compute()
+        _lane.helpers = self.helpers
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.helpers is not None:
+            self.helpers.executor.shutdown(wait=False, cancel_futures=True)
 
 
 class Overloaded(Exception):
@@ -76,15 +162,19 @@ class Scheduler:
 
 
 class MicroBatcher(Scheduler):
-    def __init__(self, search: SearchFn, max_batch_size: int, max_wait_ms: float, max_queue: int) -> None:
+    def __init__(
+        self, search: SearchFn, max_batch_size: int, max_wait_ms: float, max_queue: int, threads: int = 0
+    ) -> None:
         super().__init__(search, max_queue)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self._pending: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
-        # One compute thread: batches run one after another, each using every core through torch/FAISS.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        # One lane: batches run one after another, each on every core (threads: 0 = all cores).
+        self._lane = ComputeLane(threads)
         self._task: asyncio.Task[None] | None = None
+        self._last_size = 0
+        self._last_compute_s = 0.0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="micro-batcher")
@@ -130,10 +220,26 @@ class MicroBatcher(Scheduler):
                 await self._wakeup.wait()
             if self.max_wait_s and self.queued_queries < self.max_batch_size:
                 await asyncio.sleep(self.max_wait_s)
+            else:
+                await self._gather()
             jobs = self._take_batch()
             if not jobs:
                 continue
             await self._execute(loop, jobs)
+
+    async def _gather(self) -> None:
+        """Wait (briefly) for the callers of the last batch to come back, so batches stay whole."""
+        target = min(self._last_size, self.max_batch_size)
+        if self.queued_queries >= target:
+            return
+        deadline = time.perf_counter() + min(GATHER_FRACTION * self._last_compute_s, GATHER_MAX_S)
+        while self.queued_queries < target:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         started = time.perf_counter()
@@ -143,7 +249,7 @@ class MicroBatcher(Scheduler):
             metrics.STAGE_SECONDS.labels("queue_wait").observe(started - job.enqueued)
         metrics.BATCH_SIZE.observe(len(texts))
         try:
-            scores, ids = await loop.run_in_executor(self._executor, self._search, texts, topk)
+            scores, ids = await loop.run_in_executor(self._lane.executor, self._search, texts, topk)
         except Exception as exc:  # one failed batch fails only its own requests
             log.exception("batch of %d queries failed", len(texts))
             for job in jobs:
@@ -152,6 +258,7 @@ class MicroBatcher(Scheduler):
             return
         finally:
             self._release(len(texts))
+            self._last_size, self._last_compute_s = len(texts), time.perf_counter() - started
         row = 0
         for job in jobs:
             count = len(job.queries)

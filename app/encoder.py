@@ -6,13 +6,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from app.batcher import Helpers
 
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+# A batch is split between lane threads only when each gets at least this many texts
+# (below it, one thread's larger batch is cheaper in CPU than two small ones).
+MIN_TEXTS_PER_THREAD = 4
 
 # Tokenizers split the whole text before truncating to max_length tokens: a 7 MB query took 20 s
 # and held the batch of every other request. A token of natural text is ~4 characters (a word-piece
@@ -94,9 +100,23 @@ class SentenceTransformerEncoder:
     def max_length(self) -> int:
         return int(self.model.max_seq_length)
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str], helpers: Helpers | None = None) -> np.ndarray:
+        """Embeddings of `texts`, in order. With `helpers`, a large batch is split between threads."""
         prefix, limit = self.config.prefix, self.max_length * CHARS_PER_TOKEN
         inputs = [prefix + text[:limit] for text in texts]
+        parts = min(helpers.count + 1, len(inputs) // MIN_TEXTS_PER_THREAD) if helpers else 1
+        if helpers is None or parts < 2:
+            return self._encode(inputs)
+        # Deal the texts out by length, so every thread gets a like share of tokens.
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+        groups = [order[start::parts] for start in range(parts)]
+        encoded = helpers.map(lambda rows: self._encode([inputs[i] for i in rows]), groups)
+        vectors = np.empty((len(inputs), encoded[0].shape[1]), dtype=np.float32)
+        for rows, part in zip(groups, encoded, strict=True):
+            vectors[rows] = part
+        return vectors
+
+    def _encode(self, inputs: list[str]) -> np.ndarray:
         vectors = self.model.encode(
             inputs,
             batch_size=self.config.batch_size,

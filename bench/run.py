@@ -1,0 +1,313 @@
+"""`make bench`: offline limit vs the server in batching and per-request mode, on two indexes, in one run.
+
+For each index (the demo: encoder-bound; flat1m: 1M x 384 synthetic Flat, search-bound):
+  1. the offline limit (bench/offline.py, in its own process: no HTTP, batch sizes 1..512);
+  2. the real server (`python -m app serve`) with `--batching on`, then `--batching off`
+     (each request encoded and searched alone in a worker thread: the usual design), each driven
+     by app.loadgen (closed model: C callers, keep-alive) at concurrency 1, 8, 64, 256 with 1 and
+     16 queries per request; every point is bounded by a measured window plus a grace period.
+Writes bench/results/latest.json, latest.md and latest.png (bench/report.py).
+
+The load generator shares the machine with the server (as a sidecar or a trainer on the same node
+would); on a 2-core machine its CPU is a visible part of every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.loadgen import run, run_load
+from bench import report
+from bench.common import DATA_DIR, RESULTS, ROOT, TOPK, bench_queries, demo_index_dir, flat_index_dir, machine
+
+CONCURRENCY = (1, 8, 64, 256)
+# Time an index needs besides its load points: offline limit, two server starts, target points.
+RESERVE_PER_INDEX_S = 240.0
+QUERIES_PER_REQUEST = (1, 16)
+MODES = ("batching", "per-request")
+
+
+TARGET_POINTS = {("batching", 64, 1), ("per-request", 64, 1), ("batching", 1, 1)}
+
+
+@dataclass
+class Plan:
+    window_s: float  # measured seconds per point (at least)
+    warmup_s: float  # unmeasured seconds before the window (at least)
+    grace_s: float  # seconds in-flight requests get after the window
+    budget_s: float  # no load point starts after this many seconds of the run
+    offline_min_s: float
+    point_cap_s: float = 14.0  # warm-up + window of an ordinary point, at most
+    target_cap_s: float = 45.0  # ... of a point a target is read from
+
+
+@dataclass
+class PointTimes:
+    warmup_s: float
+    window_s: float
+    predicted_latency_s: float
+
+
+def point_times(
+    plan: Plan, concurrency: int, qpr: int, last_qps: float | None, target: bool, allowance_s: float
+) -> PointTimes | None:
+    """Warm-up and window long enough for steady state (a few round trips of every caller).
+
+    A caller waits about C x Q / throughput per request; the warm-up covers one such round, the
+    window two. None when that cannot fit the point's cap: the point is past saturation on this
+    machine (predicted from the throughput just measured) and is reported without being run.
+    """
+    latency = concurrency * qpr / last_qps if last_qps else 0.0
+    cap = plan.target_cap_s if target else min(plan.point_cap_s, max(allowance_s, 4.0))
+    warmup = max(plan.warmup_s, min(latency, cap / 3))
+    window = max(min(plan.window_s, cap - warmup), 2 * latency)
+    if warmup + window > cap:
+        if not target:
+            return None
+        window = cap - warmup
+    return PointTimes(warmup, window, latency)
+
+
+class Server:
+    """`retriever serve` as a child process on a free loopback port; stopped by its PID."""
+
+    def __init__(self, index_dir: Path, mode: str, log_path: Path) -> None:
+        self.index_dir, self.mode, self.log_path = index_dir, mode, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 300.0) -> float:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        command = [
+            sys.executable, "-m", "app", "serve", "--index-dir", str(self.index_dir),
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            "--batching", "on" if self.mode == "batching" else "off", "--graceful-timeout-s", "1",
+        ]  # fmt: skip
+        env = os.environ | {"HF_HUB_OFFLINE": "1", "RETRIEVER_DATA_DIR": str(DATA_DIR)}
+        started = time.perf_counter()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return time.perf_counter() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"server not ready within {timeout}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server process (all its threads) so far."""
+        if self.process is None:
+            return 0.0
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def inflight(self) -> float:
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        match = re.search(r"^retriever_inflight_requests(?:\{[^}]*\})? ([0-9.e+-]+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.inflight() == 0:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        return False
+
+
+def offline(name: str, index_dir: Path, plan: Plan, out_dir: Path) -> dict[str, Any]:
+    out = out_dir / f"offline-{name}.json.tmp"
+    command = [sys.executable, "-m", "bench.offline", "--index-dir", str(index_dir), "--json", str(out)]
+    command += ["--min-seconds", str(plan.offline_min_s)]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "RETRIEVER_DATA_DIR": str(DATA_DIR)}
+    subprocess.run(command, check=True, cwd=ROOT, env=env, timeout=600)
+    result = json.loads(out.read_text())
+    out.unlink()
+    return result
+
+
+def load_point(
+    server: Server, concurrency: int, qpr: int, queries: list[str], plan: Plan, times: PointTimes
+) -> dict[str, Any]:
+    server_cpu, client_cpu, wall = server.cpu_seconds(), time.process_time(), time.perf_counter()
+    result = run(
+        run_load(
+            server.url,
+            requests=10**9,
+            concurrency=concurrency,
+            queries_per_request=qpr,
+            topk=TOPK,
+            timeout=None,
+            duration=times.window_s,
+            questions=queries,
+            warmup=times.warmup_s,
+            grace=plan.grace_s,
+        )
+    )
+    server_cpu = server.cpu_seconds() - server_cpu
+    client_cpu = time.process_time() - client_cpu
+    wall = time.perf_counter() - wall
+    return {
+        "mode": server.mode,
+        "concurrency": concurrency,
+        "queries_per_request": qpr,
+        "qps": result.qps,
+        "p50_ms": result.p50_ms,
+        "p95_ms": result.p95_ms,
+        "p99_ms": result.p99_ms,
+        "errors": result.errors,
+        "requests": result.requests,
+        "unfinished": result.unfinished,
+        "window_s": result.window_s,
+        "statuses": result.statuses,
+        # Requests still unanswered a grace period after the window: latency exceeds the window,
+        # the point is past saturation for this machine.
+        "saturated": result.unfinished > 0,
+        # CPU seconds over the whole point (warm-up, window, drain) as cores busy: where the time goes.
+        "server_cores": round(server_cpu / wall, 2),
+        "client_cores": round(client_cpu / wall, 2),
+        "server_cpu_ms_per_query": round(server_cpu * 1000 / (result.qps * wall), 3) if result.qps else None,
+    }
+
+
+def serve_runs(
+    name: str, index_dir: Path, plan: Plan, queries: list[str], log_path: Path, deadline: float, reserve_s: float
+) -> list[dict[str, Any]]:
+    """Every load point on both servers; `reserve_s`: time the rest of the run needs after these."""
+    runs: list[dict[str, Any]] = []
+    points_left = len(MODES) * len(QUERIES_PER_REQUEST) * len(CONCURRENCY)
+    for mode in MODES:
+        server = Server(index_dir, mode, log_path)
+        try:
+            ready_s = server.start()
+            print(f"bench {name} {mode}: server ready in {ready_s:.1f}s", flush=True)
+            run(run_load(server.url, requests=64, concurrency=8, timeout=60, questions=queries))  # warm-up
+            last_qps: float | None = None
+            for qpr in QUERIES_PER_REQUEST:
+                for concurrency in CONCURRENCY:
+                    key = {"mode": mode, "concurrency": concurrency, "queries_per_request": qpr}
+                    left = deadline - reserve_s - time.monotonic()
+                    allowance = left / points_left - plan.grace_s - 1.0
+                    points_left -= 1
+                    target = (mode, concurrency, qpr) in TARGET_POINTS
+                    times = point_times(plan, concurrency, qpr, last_qps, target, allowance)
+                    if left <= 0 and not target:
+                        print(f"bench {name} {mode}: time budget spent, c={concurrency} q={qpr} skipped", flush=True)
+                        runs.append(key | {"skipped": True, "reason": "time budget"})
+                        continue
+                    if times is None:
+                        latency = concurrency * qpr / last_qps if last_qps else 0.0
+                        print(
+                            f"bench {name} {mode:11s} c={concurrency:3d} q={qpr:2d}: not run, saturated "
+                            f"(predicted latency {latency:.0f}s at {last_qps:.1f} q/s)",
+                            flush=True,
+                        )
+                        runs.append(
+                            key
+                            | {
+                                "skipped": True,
+                                "saturated": True,
+                                "predicted_latency_s": round(latency, 1),
+                                "reason": f"past saturation: predicted latency {latency:.0f} s",
+                            }
+                        )
+                        continue
+                    if server.process is None:
+                        server.start()
+                    point = load_point(server, concurrency, qpr, queries, plan, times)
+                    runs.append(point)
+                    if point["qps"] > 0:
+                        last_qps = point["qps"]
+                    print(
+                        f"bench {name} {mode:11s} c={concurrency:3d} q={qpr:2d}: {point['qps']:8.1f} q/s"
+                        f"  p50 {point['p50_ms']:8.1f}  p95 {point['p95_ms']:8.1f}  p99 {point['p99_ms']:8.1f} ms"
+                        f"  errors {point['errors']}  ({times.warmup_s:.0f}+{times.window_s:.0f}s)"
+                        + ("  SATURATED" if point["saturated"] else ""),
+                        flush=True,
+                    )
+                    if not server.wait_idle(5.0):  # a backlog would spill into the next point
+                        server.stop()
+        finally:
+            server.stop()
+    return runs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="throughput benchmark: offline limit vs server, both modes")
+    parser.add_argument("--window", type=float, default=8.0, help="measured seconds per load point (at least)")
+    parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each window (at least)")
+    parser.add_argument("--grace", type=float, default=2.0, help="seconds in-flight requests get after a window")
+    parser.add_argument("--budget", type=float, default=840.0, help="stop starting load points after this")
+    parser.add_argument("--offline-min-seconds", type=float, default=3.0)
+    parser.add_argument("--indexes", default="demo,flat1m")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    # `timeout` (make bench) sends SIGTERM: unwind, so every `finally` stops its server by PID.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    plan = Plan(args.window, args.warmup, args.grace, args.budget, args.offline_min_seconds)
+    started = time.monotonic()
+    deadline = started + plan.budget_s
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "server.log.tmp"
+    log_path.write_bytes(b"")
+    queries = bench_queries()
+    info = machine()
+    dirs = {"demo": demo_index_dir, "flat1m": flat_index_dir}
+    results: dict[str, Any] = {"indexes": {}, "machine": info}
+    names = args.indexes.split(",")
+    for position, name in enumerate(names):
+        index_dir = dirs[name]()
+        entry = offline(name, index_dir, plan, args.out)
+        entry["index_dir"] = str(index_dir.relative_to(ROOT)) if index_dir.is_relative_to(ROOT) else str(index_dir)
+        reserve = RESERVE_PER_INDEX_S * (len(names) - position - 1)
+        entry["runs"] = serve_runs(name, index_dir, plan, queries, log_path, deadline, reserve)
+        results["indexes"][name] = entry
+    info["loadavg_end"] = list(os.getloadavg())
+    results["plan"] = vars(plan) | {"queries": len(queries), "topk": TOPK, "client": "app.loadgen (closed model)"}
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    results["targets"] = report.targets(results)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.write(results, args.out)
+    print(report.targets_text(results["targets"]))
+    print(f"bench: done in {results['duration_s']:.0f}s; wrote {args.out}/latest.json, latest.md, latest.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
