@@ -170,7 +170,11 @@ class Runtime:
         scheduler: Scheduler
         if settings.batching:
             scheduler = MicroBatcher(
-                retriever.search, settings.max_batch_size, settings.max_wait_ms, settings.max_queue
+                retriever.search,
+                settings.max_batch_size,
+                settings.max_wait_ms,
+                settings.max_queue,
+                max_queue_wait_s=settings.max_queue_wait_s,
             )
         else:
             scheduler = PerRequestRunner(retriever.search, settings.per_request_threads, settings.max_queue)

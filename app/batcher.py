@@ -136,14 +136,28 @@ class _Job:
 class Scheduler:
     """Common admission accounting."""
 
-    def __init__(self, search: SearchFn, max_queue: int) -> None:
+    def __init__(self, search: SearchFn, max_queue: int, max_queue_wait_s: float = 0.0) -> None:
         self._search = search
         self.max_queue = max_queue
+        self.max_queue_wait_s = max_queue_wait_s
         self.queued_queries = 0
+        self._throughput_qps = 0.0  # smoothed queries/s of recent batches; 0 until one has run
+
+    def _observe_throughput(self, queries: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        rate = queries / seconds
+        self._throughput_qps = rate if not self._throughput_qps else 0.8 * self._throughput_qps + 0.2 * rate
 
     def _admit(self, count: int) -> None:
         if self.queued_queries + count > self.max_queue and self.queued_queries > 0:
             raise Overloaded(f"{self.queued_queries} queries already waiting (limit {self.max_queue})")
+        if self.max_queue_wait_s and self.queued_queries > 0 and self._throughput_qps:
+            # A count alone cannot bound the wait: it depends on the machine and the index. Refuse
+            # when the work ahead would take longer than a client should wait (verl gives up at 30 s).
+            wait_s = (self.queued_queries + count) / self._throughput_qps
+            if wait_s > self.max_queue_wait_s:
+                raise Overloaded(f"about {wait_s:.1f} s of work already waiting (limit {self.max_queue_wait_s:g} s)")
         self.queued_queries += count
         metrics.QUEUE_DEPTH.set(self.queued_queries)
 
@@ -163,9 +177,15 @@ class Scheduler:
 
 class MicroBatcher(Scheduler):
     def __init__(
-        self, search: SearchFn, max_batch_size: int, max_wait_ms: float, max_queue: int, threads: int = 0
+        self,
+        search: SearchFn,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        threads: int = 0,
+        max_queue_wait_s: float = 0.0,
     ) -> None:
-        super().__init__(search, max_queue)
+        super().__init__(search, max_queue, max_queue_wait_s)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self._pending: deque[_Job] = deque()
@@ -187,7 +207,7 @@ class MicroBatcher(Scheduler):
         for job in self._pending:
             if not job.future.done():
                 job.future.set_exception(BatchFailed("server is shutting down"))
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._lane.shutdown()
 
     async def submit(self, queries: list[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
         self._admit(len(queries))
@@ -259,6 +279,7 @@ class MicroBatcher(Scheduler):
         finally:
             self._release(len(texts))
             self._last_size, self._last_compute_s = len(texts), time.perf_counter() - started
+            self._observe_throughput(len(texts), self._last_compute_s)
         row = 0
         for job in jobs:
             count = len(job.queries)

@@ -75,11 +75,23 @@ class LoadResult:
     warmup_s: float = 0.0
     window_s: float = 0.0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    # When each successful answer arrived, in seconds from the start of the measured window.
+    answered_at_s: list[float] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, object]:
         data = asdict(self)
         data.pop("latencies_ms")
+        data.pop("answered_at_s")
         return data
+
+    def qps_by_part(self, parts: int = 3) -> list[float]:
+        """Queries/s in each of `parts` equal slices of the measured window (spread = stability)."""
+        width = self.window_s / parts
+        counts = [0] * parts
+        for at in self.answered_at_s:
+            if at < self.window_s:
+                counts[min(int(at / width), parts - 1)] += 1
+        return [round(count * self.queries_per_request / width, 2) for count in counts]
 
 
 class HttpError(Exception):
@@ -237,6 +249,7 @@ async def run_load(
     target = _Target(server)
     messages = _prepare(target, queries_per_request, topk, token, questions)
     latencies: list[float] = []
+    answered_at: list[float] = []
     statuses: Counter[str] = Counter()  # answers inside the measured window
     timeouts = 0
     issued = 0
@@ -271,6 +284,7 @@ async def run_load(
                     timeouts += 1
                 elif key == "200":
                     latencies.append((done - sent) * 1000)
+                    answered_at.append(done - measure_from)
         finally:
             connection.close()
 
@@ -286,11 +300,18 @@ async def run_load(
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    end = max(last_done, measure_from) if unfinished else time.perf_counter()
-    window = max(end - measure_from, 1e-9)
     elapsed = time.perf_counter() - started
     ok = statuses.get("200", 0)
     total = sum(statuses.values())
+    if duration and time.perf_counter() >= measure_from + duration:
+        # Throughput over the measured window only: answers that arrive while the last requests
+        # drain (fewer callers left) would understate it.
+        window = duration
+        answered = sum(at < duration for at in answered_at)
+    else:
+        end = max(last_done, measure_from) if unfinished else time.perf_counter()
+        window = max(end - measure_from, 1e-9)
+        answered = ok
     pct = np.percentile(latencies, [50, 95, 99]).tolist() if latencies else [float("nan")] * 3
     return LoadResult(
         server=server,
@@ -302,8 +323,8 @@ async def run_load(
         errors=total - ok,
         timeouts=timeouts,
         statuses=dict(statuses),
-        requests_per_s=round(ok / window, 2),
-        qps=round(ok * queries_per_request / window, 2),
+        requests_per_s=round(answered / window, 2),
+        qps=round(answered * queries_per_request / window, 2),
         success_rate=round(ok / total, 4) if total else 0.0,
         p50_ms=round(pct[0], 2),
         p95_ms=round(pct[1], 2),
@@ -313,6 +334,7 @@ async def run_load(
         warmup_s=warmup,
         window_s=round(window, 3),
         latencies_ms=latencies,
+        answered_at_s=answered_at,
     )
 
 

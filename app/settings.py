@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(256, ge=1, description="Most queries in one encoder/FAISS batch.")
     max_wait_ms: float = Field(0.0, ge=0, description="Extra wait for more queries when a batch is not full.")
     max_queue: int = Field(4096, ge=1, description="Most queries waiting; beyond it requests are refused.")
+    max_queue_wait_s: float = Field(
+        10.0, ge=0, description="Refuse when the queued work would take longer than this (0: count limit only)."
+    )
     per_request_threads: int = Field(32, ge=1, description="Worker threads when batching is off.")
     overload_status: Literal[429, 503] = Field(503, description="Status for refused requests.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with refusals.")

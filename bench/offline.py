@@ -1,23 +1,26 @@
 """The offline limit: the server's own encoder and index, in one process, no HTTP, batch sizes 1..512.
 
-`python -m bench.offline --index-dir DIR --json OUT` loads the index exactly as `retriever serve`
-does (app.service.load, same settings and environment), then encodes and searches the fixed query
-set in consecutive batches of each size, in two thread layouts:
+Loads the index exactly as `retriever serve` does (app.service.load, same settings and environment),
+then encodes and searches the fixed query set in consecutive batches of each size, in two layouts:
 - `threads`: the libraries' own multi-threading (torch and FAISS OpenMP teams over every core);
 - `lane`: the batching server's layout (app.batcher.ComputeLane: one single-threaded thread per
   core sharing each batch).
-It reports queries/s per size and layout; the best of all (`offline_qps`) is the ceiling the server
-is compared with, and the faster lone query of the two layouts (`single_query_ms`) the latency a
-lone caller is compared with.
+Each (layout, size) is measured in three windows; its queries/s is the median window, robust to
+bursts of load from other processes. The sweep's best (layout, size) is the offline limit; the
+faster lone query of the two layouts is the latency a lone caller is compared with.
+
+`python -m bench.offline --index-dir DIR --json OUT` runs the sweep; `--serve` keeps the index
+loaded and answers JSON-line commands, so bench/run.py can re-measure the limit between server runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -31,34 +34,39 @@ def _measure(
     queries: list[str],
     batch_size: int,
     min_seconds: float,
-    min_batches: int,
     max_seconds: float,
     lane: Any = None,
+    windows: int = 3,
 ) -> dict[str, Any]:
+    """Consecutive batches in `windows` windows of >= min_seconds / windows (and >= 1 batch) each;
+    queries/s is the median window, robust to a burst of load from other processes."""
     encode_s: list[float] = []
     search_s: list[float] = []
+    window_qps: list[float] = []
     position = 0
     cpu = time.process_time()
     started = time.perf_counter()
-    while True:
-        elapsed = time.perf_counter() - started
-        if elapsed >= max_seconds or (elapsed >= min_seconds and len(encode_s) >= min_batches):
-            break
-        batch = [queries[(position + i) % len(queries)] for i in range(batch_size)]
-        position += batch_size
-        if lane is None:
-            encoded, searched = _timed(retriever, batch, None)
-        else:
-            encoded, searched = lane.executor.submit(_timed, retriever, batch, lane.helpers).result()
-        encode_s.append(encoded)
-        search_s.append(searched)
+    while len(window_qps) < windows and (not window_qps or time.perf_counter() - started < max_seconds):
+        window_start, batches = time.perf_counter(), 0
+        while batches == 0 or time.perf_counter() - window_start < min_seconds / windows:
+            batch = [queries[(position + i) % len(queries)] for i in range(batch_size)]
+            position += batch_size
+            if lane is None:
+                encoded, searched = _timed(retriever, batch, None)
+            else:
+                encoded, searched = lane.executor.submit(_timed, retriever, batch, lane.helpers).result()
+            encode_s.append(encoded)
+            search_s.append(searched)
+            batches += 1
+        window_qps.append(batch_size * batches / (time.perf_counter() - window_start))
     cpu = time.process_time() - cpu
     total = np.add(encode_s, search_s)
     return {
         "layout": "threads" if lane is None else "lane",
         "batch_size": batch_size,
         "batches": len(total),
-        "qps": round(batch_size * len(total) / float(total.sum()), 2),
+        "qps": round(float(np.median(window_qps)), 2),
+        "qps_windows": [round(qps, 2) for qps in window_qps],
         "batch_p50_ms": round(float(np.percentile(total, 50)) * 1000, 2),
         "encode_ms": round(float(np.mean(encode_s)) * 1000, 2),
         "search_ms": round(float(np.mean(search_s)) * 1000, 2),
@@ -75,58 +83,98 @@ def _timed(retriever: Any, batch: list[str], helpers: Any) -> tuple[float, float
     return t1 - t0, time.perf_counter() - t1
 
 
-def measure_offline(
-    index_dir: Path, batch_sizes: tuple[int, ...] = BATCH_SIZES, min_seconds: float = 3.0, max_seconds: float = 20.0
-) -> dict[str, Any]:
-    from app.batcher import ComputeLane
-    from app.service import Status, load
-    from app.settings import Settings
+class OfflineBench:
+    """The server's retriever loaded in this process, measured without HTTP."""
 
-    started = time.perf_counter()
-    retriever = load(Settings(index_dir=index_dir, data_dir=DATA_DIR), Status())
-    load_s = time.perf_counter() - started
-    queries = bench_queries()
-    retriever.index.touch_pages()  # a warm page cache, as a server that has run for a while has
-    retriever.encoder.encode(queries[:8])  # first call initialises thread pools
-    rows = []
-    lane = ComputeLane()
-    try:
-        # Library threads first: the lane makes torch single-threaded for the whole process.
-        for layout in (None, lane):
+    def __init__(self, index_dir: Path) -> None:
+        from app.batcher import ComputeLane, available_cores
+        from app.service import Status, load
+        from app.settings import Settings
+
+        started = time.perf_counter()
+        self.index_dir = index_dir
+        self.retriever = load(Settings(index_dir=index_dir, data_dir=DATA_DIR), Status())
+        self.load_s = time.perf_counter() - started
+        self.queries = bench_queries()
+        self.retriever.index.touch_pages()  # a warm page cache, as a server that has run for a while has
+        self.retriever.encoder.encode(self.queries[:8])  # first call initialises thread pools
+        self.lane = ComputeLane()
+        self.cores = available_cores()
+
+    def measure(self, layout: str, batch_size: int, min_seconds: float, max_seconds: float = 25.0) -> dict[str, Any]:
+        import torch
+
+        # torch's thread count is process-wide: the lane wants 1 per thread, the library layout all cores.
+        torch.set_num_threads(1 if layout == "lane" else self.cores)
+        lane = self.lane if layout == "lane" else None
+        return _measure(self.retriever, self.queries, batch_size, min_seconds, max_seconds, lane)
+
+    def sweep(
+        self, batch_sizes: tuple[int, ...] = BATCH_SIZES, min_seconds: float = 3.0, progress: TextIO = sys.stdout
+    ) -> dict[str, Any]:
+        rows = []
+        for layout in ("threads", "lane"):
             for size in batch_sizes:
-                row = _measure(retriever, queries, size, min_seconds, 3 if size < 256 else 2, max_seconds, layout)
+                row = self.measure(layout, size, min_seconds)
                 rows.append(row)
                 print(
-                    f"offline {index_dir.parent.name} {row['layout']:7s}: batch {size:4d}  {row['qps']:8.1f} q/s"
+                    f"offline {self.index_dir.parent.name} {row['layout']:7s}: batch {size:4d}  {row['qps']:8.1f} q/s"
                     f"  batch p50 {row['batch_p50_ms']:8.1f} ms"
                     f"  (encode {row['encode_ms']:.1f} ms, search {row['search_ms']:.1f} ms)",
+                    file=progress,
                     flush=True,
                 )
-    finally:
-        lane.shutdown()
-    best = max(rows, key=lambda row: row["qps"])
-    singles = [row["batch_p50_ms"] for row in rows if row["batch_size"] == 1]
-    return {
-        "offline_qps": best["qps"],
-        "offline_best_batch": best["batch_size"],
-        "offline_best_layout": best["layout"],
-        "single_query_ms": min(singles) if singles else None,
-        "offline_by_batch": rows,
-        "vectors": retriever.index.count,
-        "index_type": retriever.index.type_name,
-        "load_s": round(load_s, 2),
-    }
+        best = max(rows, key=lambda row: row["qps"])
+        singles = [row for row in rows if row["batch_size"] == 1]
+        single = min(singles, key=lambda row: row["batch_p50_ms"]) if singles else None
+        return {
+            "offline_qps": best["qps"],
+            "offline_best_batch": best["batch_size"],
+            "offline_best_layout": best["layout"],
+            "single_query_ms": single["batch_p50_ms"] if single else None,
+            "single_query_layout": single["layout"] if single else None,
+            "offline_by_batch": rows,
+            "vectors": self.retriever.index.count,
+            "index_type": self.retriever.index.type_name,
+            "load_s": round(self.load_s, 2),
+        }
+
+
+def serve(bench: OfflineBench) -> None:
+    """JSON lines on stdin -> one JSON line each on stdout, so bench/run.py can interleave offline
+    windows with the server's: {"cmd": "sweep", "min_seconds": 3} or
+    {"cmd": "measure", "layout": "lane", "batch_size": 64, "min_seconds": 3}."""
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["cmd"] == "sweep":
+            sizes = tuple(request.get("batch_sizes", BATCH_SIZES))
+            answer = bench.sweep(sizes, request.get("min_seconds", 3.0), progress=sys.stderr)
+        elif request["cmd"] == "measure":
+            answer = bench.measure(request["layout"], request["batch_size"], request.get("min_seconds", 3.0))
+        else:
+            break
+        print(json.dumps(answer), flush=True)
+    bench.lane.shutdown()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="offline limit of one index (no HTTP)")
     parser.add_argument("--index-dir", type=Path, required=True)
-    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--json", type=Path, help="run the sweep and write it here")
+    parser.add_argument("--serve", action="store_true", help="answer JSON-line commands on stdin (bench/run.py)")
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--min-seconds", type=float, default=3.0)
     args = parser.parse_args()
+    bench = OfflineBench(args.index_dir)
+    if args.serve:
+        serve(bench)
+        return
+    if args.json is None:
+        parser.error("pass --json OUT or --serve")
     sizes = tuple(int(size) for size in args.batch_sizes.split(","))
-    result = measure_offline(args.index_dir, sizes, args.min_seconds)
+    result = bench.sweep(sizes, args.min_seconds)
+    bench.lane.shutdown()
     args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -28,14 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from app.loadgen import run, run_load
 from bench import report
 from bench.common import DATA_DIR, RESULTS, ROOT, TOPK, bench_queries, demo_index_dir, flat_index_dir, machine
 
 CONCURRENCY = (1, 8, 64, 256)
-# Time an index needs besides its load points: offline limit, two server starts, target points.
-RESERVE_PER_INDEX_S = 240.0
+# Time an index needs besides its sweep's load points: offline sweep, server starts, paired rounds.
+RESERVE_PER_INDEX_S = 300.0
+ROUND_S = 30.0  # one paired round, about
 QUERIES_PER_REQUEST = (1, 16)
 MODES = ("batching", "per-request")
 
@@ -50,6 +52,7 @@ class Plan:
     grace_s: float  # seconds in-flight requests get after the window
     budget_s: float  # no load point starts after this many seconds of the run
     offline_min_s: float
+    rounds: int = 3  # paired rounds of the target points (fewer when the budget is short)
     point_cap_s: float = 14.0  # warm-up + window of an ordinary point, at most
     target_cap_s: float = 45.0  # ... of a point a target is read from
 
@@ -151,15 +154,39 @@ class Server:
         return False
 
 
-def offline(name: str, index_dir: Path, plan: Plan, out_dir: Path) -> dict[str, Any]:
-    out = out_dir / f"offline-{name}.json.tmp"
-    command = [sys.executable, "-m", "bench.offline", "--index-dir", str(index_dir), "--json", str(out)]
-    command += ["--min-seconds", str(plan.offline_min_s)]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "RETRIEVER_DATA_DIR": str(DATA_DIR)}
-    subprocess.run(command, check=True, cwd=ROOT, env=env, timeout=600)
-    result = json.loads(out.read_text())
-    out.unlink()
-    return result
+class OfflineWorker:
+    """bench/offline.py --serve as a child process: the index stays loaded, so the offline limit
+    can be re-measured between server runs (stopped by its PID like the servers)."""
+
+    def __init__(self, index_dir: Path) -> None:
+        command = [sys.executable, "-m", "bench.offline", "--index-dir", str(index_dir), "--serve"]
+        env = os.environ | {"HF_HUB_OFFLINE": "1", "RETRIEVER_DATA_DIR": str(DATA_DIR)}
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env, text=True
+        )
+        self._read()  # {"ready": true} once loaded
+
+    def _read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"offline worker exited with {self.process.wait(10)}")
+        return json.loads(line)
+
+    def ask(self, **request: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
 
 def load_point(
@@ -183,11 +210,15 @@ def load_point(
     server_cpu = server.cpu_seconds() - server_cpu
     client_cpu = time.process_time() - client_cpu
     wall = time.perf_counter() - wall
+    thirds = result.qps_by_part(3)
     return {
         "mode": server.mode,
         "concurrency": concurrency,
         "queries_per_request": qpr,
-        "qps": result.qps,
+        # Median of the window's three thirds: robust to a burst of load from other processes.
+        "qps": float(np.median(thirds)),
+        "qps_thirds": thirds,
+        "qps_window": result.qps,
         "p50_ms": result.p50_ms,
         "p95_ms": result.p95_ms,
         "p99_ms": result.p99_ms,
@@ -206,66 +237,172 @@ def load_point(
     }
 
 
-def serve_runs(
-    name: str, index_dir: Path, plan: Plan, queries: list[str], log_path: Path, deadline: float, reserve_s: float
+def _print_point(name: str, point: dict[str, Any], times: PointTimes) -> None:
+    print(
+        f"bench {name} {point['mode']:11s} c={point['concurrency']:3d} q={point['queries_per_request']:2d}: "
+        f"{point['qps']:8.1f} q/s  p50 {point['p50_ms']:8.1f}  p95 {point['p95_ms']:8.1f}"
+        f"  p99 {point['p99_ms']:8.1f} ms"
+        f"  errors {point['errors']}  ({times.warmup_s:.0f}+{times.window_s:.0f}s)"
+        + ("  SATURATED" if point["saturated"] else ""),
+        flush=True,
+    )
+
+
+def sweep(
+    name: str, servers: dict[str, Server], plan: Plan, queries: list[str], deadline: float, reserve_s: float
 ) -> list[dict[str, Any]]:
     """Every load point on both servers; `reserve_s`: time the rest of the run needs after these."""
     runs: list[dict[str, Any]] = []
     points_left = len(MODES) * len(QUERIES_PER_REQUEST) * len(CONCURRENCY)
     for mode in MODES:
-        server = Server(index_dir, mode, log_path)
-        try:
-            ready_s = server.start()
-            print(f"bench {name} {mode}: server ready in {ready_s:.1f}s", flush=True)
-            run(run_load(server.url, requests=64, concurrency=8, timeout=60, questions=queries))  # warm-up
-            last_qps: float | None = None
-            for qpr in QUERIES_PER_REQUEST:
-                for concurrency in CONCURRENCY:
-                    key = {"mode": mode, "concurrency": concurrency, "queries_per_request": qpr}
-                    left = deadline - reserve_s - time.monotonic()
-                    allowance = left / points_left - plan.grace_s - 1.0
-                    points_left -= 1
-                    target = (mode, concurrency, qpr) in TARGET_POINTS
-                    times = point_times(plan, concurrency, qpr, last_qps, target, allowance)
-                    if left <= 0 and not target:
-                        print(f"bench {name} {mode}: time budget spent, c={concurrency} q={qpr} skipped", flush=True)
-                        runs.append(key | {"skipped": True, "reason": "time budget"})
-                        continue
-                    if times is None:
-                        latency = concurrency * qpr / last_qps if last_qps else 0.0
-                        print(
-                            f"bench {name} {mode:11s} c={concurrency:3d} q={qpr:2d}: not run, saturated "
-                            f"(predicted latency {latency:.0f}s at {last_qps:.1f} q/s)",
-                            flush=True,
-                        )
-                        runs.append(
-                            key
-                            | {
-                                "skipped": True,
-                                "saturated": True,
-                                "predicted_latency_s": round(latency, 1),
-                                "reason": f"past saturation: predicted latency {latency:.0f} s",
-                            }
-                        )
-                        continue
-                    if server.process is None:
-                        server.start()
-                    point = load_point(server, concurrency, qpr, queries, plan, times)
-                    runs.append(point)
-                    if point["qps"] > 0:
-                        last_qps = point["qps"]
+        server = servers[mode]
+        ready_s = server.start()
+        print(f"bench {name} {mode}: server ready in {ready_s:.1f}s", flush=True)
+        run(run_load(server.url, requests=64, concurrency=8, timeout=60, questions=queries))  # warm-up
+        last_qps: float | None = None
+        for qpr in QUERIES_PER_REQUEST:
+            for concurrency in CONCURRENCY:
+                key = {"mode": mode, "concurrency": concurrency, "queries_per_request": qpr}
+                left = deadline - reserve_s - time.monotonic()
+                allowance = left / points_left - plan.grace_s - 1.0
+                points_left -= 1
+                target = (mode, concurrency, qpr) in TARGET_POINTS
+                times = point_times(plan, concurrency, qpr, last_qps, target, allowance)
+                if left <= 0 and not target:
+                    print(f"bench {name} {mode}: time budget spent, c={concurrency} q={qpr} skipped", flush=True)
+                    runs.append(key | {"skipped": True, "reason": "time budget"})
+                    continue
+                if times is None:
+                    latency = concurrency * qpr / last_qps if last_qps else 0.0
                     print(
-                        f"bench {name} {mode:11s} c={concurrency:3d} q={qpr:2d}: {point['qps']:8.1f} q/s"
-                        f"  p50 {point['p50_ms']:8.1f}  p95 {point['p95_ms']:8.1f}  p99 {point['p99_ms']:8.1f} ms"
-                        f"  errors {point['errors']}  ({times.warmup_s:.0f}+{times.window_s:.0f}s)"
-                        + ("  SATURATED" if point["saturated"] else ""),
+                        f"bench {name} {mode:11s} c={concurrency:3d} q={qpr:2d}: not run, saturated "
+                        f"(predicted latency {latency:.0f}s at {last_qps:.1f} q/s)",
                         flush=True,
                     )
-                    if not server.wait_idle(5.0):  # a backlog would spill into the next point
-                        server.stop()
-        finally:
-            server.stop()
+                    runs.append(
+                        key
+                        | {
+                            "skipped": True,
+                            "saturated": True,
+                            "predicted_latency_s": round(latency, 1),
+                            "reason": f"past saturation: predicted latency {latency:.0f} s",
+                        }
+                    )
+                    continue
+                if server.process is None:
+                    server.start()
+                point = load_point(server, concurrency, qpr, queries, plan, times)
+                runs.append(point)
+                if point["qps"] > 0:
+                    last_qps = point["qps"]
+                _print_point(name, point, times)
+                if not server.wait_idle(5.0):  # a backlog would spill into the next point
+                    server.stop()
     return runs
+
+
+def _sweep_latency(runs: list[dict[str, Any]], mode: str, concurrency: int) -> float | None:
+    for point in runs:
+        if (point["mode"], point["concurrency"], point["queries_per_request"]) == (mode, concurrency, 1):
+            return concurrency / point["qps"] if point.get("qps") else None
+    return None
+
+
+def paired_rounds(
+    name: str,
+    worker: OfflineWorker,
+    servers: dict[str, Server],
+    entry: dict[str, Any],
+    plan: Plan,
+    queries: list[str],
+    rounds: int,
+) -> dict[str, Any]:
+    """The target points again, alternating with the offline limit (best batch size and layout of
+    the sweep) and a lone offline query, `rounds` times: every ratio is taken between measurements
+    made a few seconds apart, so load from other processes that comes and goes hits both sides."""
+    batching, per_request = servers["batching"], servers["per-request"]
+    for server in (batching, per_request):
+        if server.process is None:
+            server.start()
+    runs = entry["runs"]
+    latency_b = _sweep_latency(runs, "batching", 64) or 1.0
+    latency_p = _sweep_latency(runs, "per-request", 64)
+    with_per_request = latency_p is not None and latency_p <= 3.0  # else too slow to repeat: the sweep's
+    record: list[dict[str, Any]] = []
+    for number in range(rounds):
+        offline_best = worker.ask(
+            cmd="measure",
+            layout=entry["offline_best_layout"],
+            batch_size=entry["offline_best_batch"],
+            min_seconds=plan.offline_min_s,
+        )
+        at64 = load_point(
+            batching, 64, 1, queries, plan, PointTimes(max(1.5, latency_b), max(6.0, 2 * latency_b), latency_b)
+        )
+        pr64 = None
+        if with_per_request:
+            assert latency_p is not None
+            pr64 = load_point(
+                per_request, 64, 1, queries, plan, PointTimes(max(1.5, latency_p), max(6.0, 2 * latency_p), latency_p)
+            )
+        lone_offline = worker.ask(cmd="measure", layout=entry["single_query_layout"], batch_size=1, min_seconds=1.5)
+        lone = load_point(batching, 1, 1, queries, plan, PointTimes(1.0, 5.0, 0.0))
+        record.append(
+            {
+                "offline_qps": offline_best["qps"],
+                "batching_c64_qps": at64["qps"],
+                "per_request_c64_qps": pr64["qps"] if pr64 else None,
+                "offline_single_ms": lone_offline["batch_p50_ms"],
+                "batching_c1_p50_ms": lone["p50_ms"],
+                "errors": at64["errors"] + lone["errors"] + (pr64["errors"] if pr64 else 0),
+            }
+        )
+        print(
+            f"bench {name} round {number + 1}/{rounds}: offline {offline_best['qps']:.1f} q/s, batching c=64 "
+            f"{at64['qps']:.1f}"
+            + (f", per-request c=64 {pr64['qps']:.1f}" if pr64 else "")
+            + f"; lone query offline {lone_offline['batch_p50_ms']:.1f} ms, server c=1 p50 {lone['p50_ms']:.1f} ms",
+            flush=True,
+        )
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in record if r[key] is not None]
+        return round(float(np.median(values)), 2) if values else None
+
+    return {
+        "rounds": record,
+        "offline_qps": median("offline_qps"),
+        "batching_c64_qps": median("batching_c64_qps"),
+        "per_request_c64_qps": median("per_request_c64_qps"),
+        "offline_single_ms": median("offline_single_ms"),
+        "batching_c1_p50_ms": median("batching_c1_p50_ms"),
+        "errors": sum(r["errors"] for r in record),
+    }
+
+
+def run_index(
+    name: str, index_dir: Path, plan: Plan, queries: list[str], log_path: Path, deadline: float, reserve_s: float
+) -> dict[str, Any]:
+    worker = OfflineWorker(index_dir)
+    servers = {mode: Server(index_dir, mode, log_path) for mode in MODES}
+    try:
+        entry = worker.ask(cmd="sweep", min_seconds=plan.offline_min_s)
+        entry["index_dir"] = str(index_dir.relative_to(ROOT)) if index_dir.is_relative_to(ROOT) else str(index_dir)
+        entry["runs"] = sweep(name, servers, plan, queries, deadline, reserve_s + plan.rounds * ROUND_S)
+        left = deadline - reserve_s - time.monotonic()
+        rounds = max(1, min(plan.rounds, int(left // ROUND_S)))
+        paired = paired_rounds(name, worker, servers, entry, plan, queries, rounds)
+    finally:
+        for server in servers.values():
+            server.stop()
+        worker.stop()
+    entry["paired"] = paired
+    # The offline limit: the sweep's best (layout, batch size), median of its paired re-measurements.
+    entry["offline_sweep_best_qps"] = entry["offline_qps"]
+    entry["offline_qps"] = paired["offline_qps"]
+    entry["offline_sweep_single_query_ms"] = entry["single_query_ms"]
+    entry["single_query_ms"] = paired["offline_single_ms"]
+    return entry
 
 
 def main() -> int:
@@ -275,12 +412,13 @@ def main() -> int:
     parser.add_argument("--grace", type=float, default=2.0, help="seconds in-flight requests get after a window")
     parser.add_argument("--budget", type=float, default=840.0, help="stop starting load points after this")
     parser.add_argument("--offline-min-seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds of the target points")
     parser.add_argument("--indexes", default="demo,flat1m")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     # `timeout` (make bench) sends SIGTERM: unwind, so every `finally` stops its server by PID.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    plan = Plan(args.window, args.warmup, args.grace, args.budget, args.offline_min_seconds)
+    plan = Plan(args.window, args.warmup, args.grace, args.budget, args.offline_min_seconds, args.rounds)
     started = time.monotonic()
     deadline = started + plan.budget_s
     args.out.mkdir(parents=True, exist_ok=True)
@@ -293,11 +431,8 @@ def main() -> int:
     names = args.indexes.split(",")
     for position, name in enumerate(names):
         index_dir = dirs[name]()
-        entry = offline(name, index_dir, plan, args.out)
-        entry["index_dir"] = str(index_dir.relative_to(ROOT)) if index_dir.is_relative_to(ROOT) else str(index_dir)
         reserve = RESERVE_PER_INDEX_S * (len(names) - position - 1)
-        entry["runs"] = serve_runs(name, index_dir, plan, queries, log_path, deadline, reserve)
-        results["indexes"][name] = entry
+        results["indexes"][name] = run_index(name, index_dir, plan, queries, log_path, deadline, reserve)
     info["loadavg_end"] = list(os.getloadavg())
     results["plan"] = vars(plan) | {"queries": len(queries), "topk": TOPK, "client": "app.loadgen (closed model)"}
     results["duration_s"] = round(time.monotonic() - started, 1)

@@ -53,7 +53,7 @@ load-test: install loadtest-check ## k6 smoke + load (SLO gate) against a fresh 
 
 # Extra `retriever serve` flags for the stress server, e.g. STRESS_SERVER_ARGS=--max-queue=128
 # (empty: the shipped defaults are what we test).
-STRESS_SERVER_ARGS ?=
+STRESS_SERVER_ARGS ?= --max-queue-wait-s=2
 
 stress: install $(K6) ## k6 ramp to 5x capacity: only 200 or fast 503+Retry-After, no timeouts
 	$(LOADTEST_RUN) --k6-timeout 300 $(addprefix --server-arg=,$(STRESS_SERVER_ARGS)) stress
