@@ -79,3 +79,28 @@ def machine() -> dict[str, Any]:
         "git_commit": commit,
         "loadavg_start": list(os.getloadavg()),
     }
+
+
+def write_synthetic_manifest(directory: Path, count: int, dimension: int, source: dict[str, Any]) -> None:
+    """The manifest of a synthetic Flat index directory (index.faiss + corpus/), served with the bundled model."""
+    import datetime as dt
+
+    from app.corpus import CORPUS_DIR_FILES
+    from app.encoder import BUNDLED_MODEL
+    from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, record_files
+
+    names = [INDEX_FILE] + [f"{CORPUS_DIR}/{name}" for name in CORPUS_DIR_FILES]
+    Manifest(
+        model=BUNDLED_MODEL,
+        dimension=dimension,
+        metric="ip",
+        normalize=True,
+        query_prefix="",
+        passage_prefix="",
+        max_length=256,
+        index_factory="Flat",
+        count=count,
+        files=record_files(directory, names),
+        source={"synthetic": True, **source},
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    ).write(directory)

@@ -7,7 +7,6 @@ encoding. Vectors match the bundled model's dimension so the real server loads i
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
@@ -18,8 +17,8 @@ import faiss
 import numpy as np
 
 from app.corpus import CORPUS_DIR_FILES, CorpusWriter
-from app.encoder import BUNDLED_MODEL
-from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, ManifestError, record_files
+from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, ManifestError
+from bench.common import write_synthetic_manifest
 
 PARAMS_FILE = "bench-params.json"
 DIMENSION = 384  # all-MiniLM-L6-v2, the bundled model
@@ -79,21 +78,7 @@ def build(directory: Path, vectors: int, seed: int = 0, log: bool = True) -> flo
                 writer.add(_passage(row))
         finally:
             writer.close()
-        names = [INDEX_FILE] + [f"{CORPUS_DIR}/{name}" for name in CORPUS_DIR_FILES]
-        Manifest(
-            model=BUNDLED_MODEL,
-            dimension=DIMENSION,
-            metric="ip",
-            normalize=True,
-            query_prefix="",
-            passage_prefix="",
-            max_length=256,
-            index_factory="Flat",
-            count=vectors,
-            files=record_files(tmp, names),
-            source={"synthetic": True, "seed": seed},
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        ).write(tmp)
+        write_synthetic_manifest(tmp, vectors, DIMENSION, {"seed": seed})
         (tmp / PARAMS_FILE).write_text(json.dumps(_params(vectors, seed)) + "\n")
         shutil.rmtree(directory, ignore_errors=True)
         os.rename(tmp, directory)

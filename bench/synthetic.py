@@ -12,7 +12,6 @@ The vectors are a mixture of Gaussian clusters rather than white noise, so that 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
@@ -24,9 +23,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from app.corpus import CORPUS_DIR_FILES, CorpusWriter
-from app.encoder import BUNDLED_MODEL
-from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest, record_files
+from app.corpus import CorpusWriter
+from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest
+from bench.common import write_synthetic_manifest
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +114,7 @@ def ensure_flat_index(count: int = DEFAULT_COUNT, out: Path | None = None) -> Pa
             writer.close()
         faiss.write_index(index, str(tmp / INDEX_FILE))
         del index
-        names = [INDEX_FILE] + [f"{CORPUS_DIR}/{name}" for name in CORPUS_DIR_FILES]
-        Manifest(
-            model=BUNDLED_MODEL,
-            dimension=DIMENSION,
-            metric="ip",
-            normalize=True,
-            query_prefix="",
-            passage_prefix="",
-            max_length=256,
-            index_factory="Flat",
-            count=count,
-            files=record_files(tmp, names),
-            source={"synthetic": True, "clusters": CLUSTERS, "seed": SEED},
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        ).write(tmp)
+        write_synthetic_manifest(tmp, count, DIMENSION, {"clusters": CLUSTERS, "seed": SEED})
         shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         os.rename(tmp, out)
