@@ -225,8 +225,7 @@ def load(settings: Settings, status: Status) -> Retriever:
         )
     retriever = Retriever(encoder, index, corpus)
     status.set_stage("self-test query")
-    _, ids = retriever.search(["health check"], 1)
-    if corpus.count and ids[0, 0] < 0:
+    if not index.self_test(encoder.encode(["health check"])):
         raise LoadError(f"{sources.index_path}: self-test query returned no result")
     metrics.INDEX_VECTORS.set(index.count)
     metrics.INDEX_BYTES.set(index.nbytes)
