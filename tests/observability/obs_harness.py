@@ -564,6 +564,10 @@ class RetrieverService:
         env.setdefault("HF_HUB_OFFLINE", "1")
         # the service makes its own multiprocess directory per start when this is unset
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        # Drain like a pod does: on SIGTERM readiness drops at once while the server still answers
+        # (scrapes included) for 3 s. Loading got fast enough that the not-ready window at start-up
+        # alone can fall between two 1 s scrapes; the drain window is what makes the restart visible.
+        env["RETRIEVER_SHUTDOWN_DELAY_S"] = "3"
         env.update(self.extra_env)
         self.starts += 1
         log = self.log_path.open("ab")
