@@ -74,6 +74,9 @@ class LoadResult:
     unfinished: int = 0
     warmup_s: float = 0.0
     window_s: float = 0.0
+    # Closed-loop throughput by Little's law, C x Q / mean latency: exact in steady state and not
+    # quantised by answers that arrive in batches (a window holds few batches of a slow index).
+    qps_closed: float = 0.0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     # When each successful answer arrived, in seconds from the start of the measured window.
     answered_at_s: list[float] = field(default_factory=list, repr=False)
@@ -83,15 +86,6 @@ class LoadResult:
         data.pop("latencies_ms")
         data.pop("answered_at_s")
         return data
-
-    def qps_by_part(self, parts: int = 3) -> list[float]:
-        """Queries/s in each of `parts` equal slices of the measured window (spread = stability)."""
-        width = self.window_s / parts
-        counts = [0] * parts
-        for at in self.answered_at_s:
-            if at < self.window_s:
-                counts[min(int(at / width), parts - 1)] += 1
-        return [round(count * self.queries_per_request / width, 2) for count in counts]
 
 
 class HttpError(Exception):
@@ -333,6 +327,7 @@ async def run_load(
         unfinished=unfinished,
         warmup_s=warmup,
         window_s=round(window, 3),
+        qps_closed=round(concurrency * queries_per_request * 1000 / float(np.mean(latencies)), 2) if latencies else 0.0,
         latencies_ms=latencies,
         answered_at_s=answered_at,
     )

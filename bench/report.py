@@ -164,9 +164,9 @@ def markdown(results: dict[str, Any]) -> str:
             f" (`{entry.get('index_dir')}`)",
             "",
             f"Offline limit {_fmt(entry['offline_qps'])} queries/s: batch {entry['offline_best_batch']}, "
-            f"{entry.get('offline_best_layout', 'threads')} layout, the best of the sweep below "
-            f"({_fmt(entry.get('offline_sweep_best_qps'))} q/s there), median of its re-measurements in the "
-            f"paired rounds. A lone query: {_fmt(entry['single_query_ms'])} ms (sweep: "
+            f"{entry.get('offline_best_layout', 'threads')} layout: the sweep's two best configurations "
+            f"(best {_fmt(entry.get('offline_sweep_best_qps'))} q/s there) re-measured in every paired round, "
+            f"the better median. A lone query: {_fmt(entry['single_query_ms'])} ms (sweep: "
             f"{_fmt(entry.get('offline_sweep_single_query_ms'))} ms). Layouts: `threads` = torch/FAISS "
             "multi-threaded kernels; `lane` = the batching server's single-threaded lane threads sharing "
             "each batch. Queries/s: median of three windows.",
@@ -201,8 +201,8 @@ def markdown(results: dict[str, Any]) -> str:
                 )
         out += [
             "",
-            "Sweep (queries/s: median of the measured window's three thirds; x offline: against the "
-            "offline limit above):",
+            "Sweep (queries/s: C x Q / mean latency, Little's law for C closed-loop callers; answers "
+            "counted in the window where the point is saturated; x offline: against the offline limit above):",
             "",
             "| mode | queries/request | concurrency | queries/s | x offline | p50 ms | p95 ms | p99 ms | errors "
             "| server cores | client cores | |",
