@@ -222,6 +222,20 @@ async def _bounded(coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
     return await (asyncio.wait_for(coro, timeout) if timeout else coro)
 
 
+async def _exchange(connection: _Connection, message: bytes, timeout: float | None) -> str:
+    """Send one prepared request; the outcome as a key: "200", "503", "200-malformed", "timeout", or an
+    error name. A connection that failed is closed."""
+    try:
+        status, body = await _bounded(connection.request(message), timeout)
+    except asyncio.TimeoutError:
+        connection.close()
+        return "timeout"
+    except (OSError, asyncio.IncompleteReadError, HttpError) as exc:
+        connection.close()
+        return type(exc).__name__
+    return str(status) if status != 200 or body.startswith(b'{"result":') else "200-malformed"
+
+
 async def run_load(
     server: str,
     requests: int,
@@ -260,15 +274,7 @@ async def run_load(
                 message = messages[issued % len(messages)]
                 issued += 1
                 sent = time.perf_counter()
-                try:
-                    status, body = await _bounded(connection.request(message), timeout)
-                    key = str(status) if status != 200 or body.startswith(b'{"result":') else "200-malformed"
-                except asyncio.TimeoutError:
-                    connection.close()
-                    key = "timeout"
-                except (OSError, asyncio.IncompleteReadError, HttpError) as exc:
-                    connection.close()
-                    key = type(exc).__name__
+                key = await _exchange(connection, message, timeout)
                 done = time.perf_counter()
                 if done < measure_from:
                     continue  # warm-up
@@ -379,20 +385,12 @@ async def run_open_loop(
             else:
                 connection = _Connection(target)
                 opened += 1
-        retry_after = None
         try:
-            status, body = await _bounded(connection.request(messages[n % len(messages)]), timeout)
-            key = str(status) if status != 200 or body.startswith(b'{"result":') else "200-malformed"
-            retry_after = connection.retry_after
-        except asyncio.TimeoutError:
-            connection.close()
-            key = "timeout"
-        except (OSError, asyncio.IncompleteReadError, HttpError) as exc:
-            connection.close()
-            key = type(exc).__name__
+            key = await _exchange(connection, messages[n % len(messages)], timeout)
         except asyncio.CancelledError:  # abandoned at the end of the run
             connection.close()
             raise
+        retry_after = connection.retry_after if key[0].isdigit() else None  # an HTTP answer, not an error
         answers.append(Answer(key, time.perf_counter() - due, retry_after))
         async with freed:
             idle.append(connection)
