@@ -9,11 +9,11 @@ Two strategies share one interface (`submit(queries, topk)`):
   (the usual "run_in_executor per request" design; kept for comparison: `--batching off`).
 Both refuse work past `max_queue` waiting queries with `Overloaded`, at once.
 
-The batching lane (`ComputeLane`) runs one batch at a time on every core: the lane thread and
-`threads - 1` helper threads each compute single-threaded and share the batch (the encoder splits
-the texts, a Flat index splits its rows; see `Helpers`). One join per stage replaces the thousands
-of OpenMP barriers that multi-threaded torch/FAISS kernels hit per batch, which on a small or busy
-machine cost more than the work (measured: bench/README.md).
+Batches run on a compute lane (`app.lanes.ComputeLane`): one batch at a time on every core; the
+lane's helper threads are handed to the search with each batch.
+
+Refusals and failures are the engine's domain errors (`app.errors.Overloaded`, `BatchFailed`),
+whose messages are the HTTP answer's `detail`.
 """
 
 from __future__ import annotations
@@ -21,26 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sys
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 
 from app import metrics
+from app.errors import BatchFailed, Overloaded
+from app.lanes import ComputeLane, Helpers
 
 log = logging.getLogger(__name__)
 
-# (queries, topk) -> (scores, ids), each of shape (len(queries), topk)
-SearchFn = Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]
-P = TypeVar("P")
-R = TypeVar("R")
+# (queries, topk, the lane's helpers or None) -> (scores, ids), each of shape (len(queries), topk)
+SearchFn = Callable[[list[str], int, Helpers | None], tuple[np.ndarray, np.ndarray]]
 
 # Batch forming: when the lane frees up and fewer queries wait than the last batch held (its callers
 # are still reading their answers and sending the next request), wait a little for them rather than
@@ -48,81 +44,6 @@ R = TypeVar("R")
 # last batch's compute time, so the wait never costs more than a small share of a batch.
 GATHER_FRACTION = 0.2
 GATHER_MAX_S = 0.1
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def single_threaded_compute() -> None:
-    """Make the calling thread run torch and FAISS kernels on itself only (no OpenMP team).
-
-    torch's setting is process-wide; FAISS's (OpenMP) is per thread, so every lane thread calls this.
-    Only libraries already loaded are touched.
-    """
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
-    faiss = sys.modules.get("faiss")
-    if faiss is not None:
-        faiss.omp_set_num_threads(1)
-
-
-@dataclass(frozen=True)
-class Helpers:
-    """Threads that share one batch's work with the thread that runs it."""
-
-    executor: ThreadPoolExecutor
-    count: int  # threads besides the caller
-
-    def map(self, fn: Callable[[P], R], parts: Sequence[P]) -> list[R]:
-        """fn over parts: the first on the calling thread, the rest on helpers; waits for all."""
-        futures: list[Future[R]] = [self.executor.submit(fn, part) for part in parts[1:]]
-        try:
-            first = fn(parts[0])
-        finally:
-            wait(futures)  # never leave a helper busy with this batch when the next one starts
-        return [first, *(future.result() for future in futures)]
-
-
-_lane = threading.local()
-
-
-def current_helpers() -> Helpers | None:
-    """The helpers of the lane this thread runs (None outside a batching lane: compute alone)."""
-    return getattr(_lane, "helpers", None)
-
-
-class ComputeLane:
-    """One thread that runs batches one after another, with `threads - 1` helpers; all single-threaded."""
-
-    def __init__(self, threads: int = 0) -> None:
-        self.threads = threads or available_cores()
-        self.helpers: Helpers | None = None
-        if self.threads > 1:
-            pool = ThreadPoolExecutor(self.threads - 1, "batch-helper", initializer=single_threaded_compute)
-            self.helpers = Helpers(pool, self.threads - 1)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch", initializer=self._enter)
-
-    def _enter(self) -> None:
-        single_threaded_compute()
-        _lane.helpers = self.helpers
-
-    def shutdown(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        if self.helpers is not None:
-            self.helpers.executor.shutdown(wait=False, cancel_futures=True)
-
-
-class Overloaded(Exception):
-    """The queue is full: refuse now rather than queue without bound."""
-
-
-class BatchFailed(Exception):
-    """The batch holding this request failed; only its requests see this."""
 
 
 @dataclass
@@ -151,13 +72,18 @@ class Scheduler:
 
     def _admit(self, count: int) -> None:
         if self.queued_queries + count > self.max_queue and self.queued_queries > 0:
-            raise Overloaded(f"{self.queued_queries} queries already waiting (limit {self.max_queue})")
+            raise Overloaded(
+                f"overloaded: {self.queued_queries} queries already waiting (limit {self.max_queue}); retry later"
+            )
         if self.max_queue_wait_s and self.queued_queries > 0 and self._throughput_qps:
             # A count alone cannot bound the wait: it depends on the machine and the index. Refuse
             # when the work ahead would take longer than a client should wait (verl gives up at 30 s).
             wait_s = (self.queued_queries + count) / self._throughput_qps
             if wait_s > self.max_queue_wait_s:
-                raise Overloaded(f"about {wait_s:.1f} s of work already waiting (limit {self.max_queue_wait_s:g} s)")
+                raise Overloaded(
+                    f"overloaded: about {wait_s:.1f} s of work already waiting "
+                    f"(limit {self.max_queue_wait_s:g} s); retry later"
+                )
         self.queued_queries += count
         metrics.QUEUE_DEPTH.set(self.queued_queries)
 
@@ -206,7 +132,7 @@ class MicroBatcher(Scheduler):
                 await self._task
         for job in self._pending:
             if not job.future.done():
-                job.future.set_exception(BatchFailed("server is shutting down"))
+                job.future.set_exception(BatchFailed("search failed: server is shutting down"))
         self._lane.shutdown()
 
     async def submit(self, queries: list[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -269,12 +195,12 @@ class MicroBatcher(Scheduler):
             metrics.STAGE_SECONDS.labels("queue_wait").observe(started - job.enqueued)
         metrics.BATCH_SIZE.observe(len(texts))
         try:
-            scores, ids = await loop.run_in_executor(self._lane.executor, self._search, texts, topk)
+            scores, ids = await loop.run_in_executor(self._lane.executor, self._search, texts, topk, self._lane.helpers)
         except Exception as exc:  # one failed batch fails only its own requests
             log.exception("batch of %d queries failed", len(texts))
             for job in jobs:
                 if not job.future.done():
-                    job.future.set_exception(BatchFailed(f"{type(exc).__name__}: {exc}"))
+                    job.future.set_exception(BatchFailed(f"search failed: {type(exc).__name__}: {exc}"))
             return
         finally:
             self._release(len(texts))
@@ -304,11 +230,11 @@ class PerRequestRunner(Scheduler):
         def run() -> tuple[np.ndarray, np.ndarray]:
             metrics.STAGE_SECONDS.labels("queue_wait").observe(time.perf_counter() - enqueued)
             metrics.BATCH_SIZE.observe(len(queries))
-            return self._search(queries, topk)
+            return self._search(queries, topk, None)
 
         try:
             return await loop.run_in_executor(self._executor, run)
         except Exception as exc:
-            raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
+            raise BatchFailed(f"search failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self._release(len(queries))

@@ -23,13 +23,14 @@ from tqdm import tqdm
 
 from app.corpus import CORPUS_DIR_FILES, ConversionReport, CorpusStore, CorpusWriter, iter_jsonl
 from app.encoder import EncoderConfig, SentenceTransformerEncoder, resolve_model
+from app.errors import RetrieverError
 from app.index import FaissIndex
 from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest, record_files
 
 log = logging.getLogger(__name__)
 
 
-class BuildError(Exception):
+class BuildError(RetrieverError):
     """The build cannot complete; nothing was left at the output path."""
 
 

@@ -13,30 +13,8 @@ from typing import get_args
 from pydantic import ValidationError
 
 from app import __version__
+from app.errors import LoadError, RetrieverError
 from app.settings import Settings
-
-
-def _known_errors() -> tuple[type[Exception], ...]:
-    """Errors that carry a complete, user-facing message: printed without a traceback."""
-    from app.builder import BuildError
-    from app.corpus import CorpusError
-    from app.demo import DemoError
-    from app.encoder import EncoderError
-    from app.guards import GuardError
-    from app.index import IndexError_
-    from app.manifest import ManifestError
-    from app.service import LoadError
-
-    return (
-        BuildError,
-        CorpusError,
-        DemoError,
-        EncoderError,
-        GuardError,
-        IndexError_,
-        ManifestError,
-        LoadError,
-    )
 
 
 def _bool(value: str) -> bool:
@@ -97,8 +75,6 @@ def _preflight(settings: Settings) -> None:
 
 
 def _fail(message: str) -> Exception:
-    from app.service import LoadError
-
     return LoadError(message)
 
 
@@ -228,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except _known_errors() as exc:
+    except RetrieverError as exc:  # a complete message for the user: no traceback
         print(f"retriever: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

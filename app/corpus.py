@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from app.errors import RetrieverError
+
 log = logging.getLogger(__name__)
 
 ROWS_FILE = "corpus.bin"
@@ -29,7 +31,7 @@ CORPUS_DIR_FILES = (ROWS_FILE, OFFSETS_FILE)
 MAX_REPORTED_LINES = 20
 
 
-class CorpusError(Exception):
+class CorpusError(RetrieverError):
     """A corpus file that cannot be used; the message names the file and the problem."""
 
 

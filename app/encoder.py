@@ -6,12 +6,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.errors import RetrieverError
+
 if TYPE_CHECKING:
-    from app.batcher import Helpers
+    from app.lanes import Helpers
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +29,8 @@ MIN_TEXTS_PER_THREAD = 4
 CHARS_PER_TOKEN = 20
 
 
-class EncoderError(Exception):
+class EncoderError(RetrieverError):
     """The model cannot be loaded or used; the message names the model and the problem."""
-
-
-class Encoder(Protocol):
-    dimension: int
-    name: str
-
-    def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
 def resolve_model(name: str | None) -> str:
@@ -67,7 +62,9 @@ class EncoderConfig:
 
 
 class SentenceTransformerEncoder:
-    """Any sentence-transformers model: a local path or a hub name already in the local cache."""
+    """Any sentence-transformers model: a local path or a hub name already in the local cache.
+
+    Implements `app.backends.Encoder`."""
 
     def __init__(self, config: EncoderConfig) -> None:
         if not config.allow_download:
@@ -99,6 +96,16 @@ class SentenceTransformerEncoder:
     @property
     def max_length(self) -> int:
         return int(self.model.max_seq_length)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dimension": self.dimension,
+            "query_prefix": self.config.prefix,
+            "normalize": self.config.normalize,
+            "max_length": self.max_length,
+            "device": self.config.device,
+        }
 
     def encode(self, texts: list[str], helpers: Helpers | None = None) -> np.ndarray:
         """Embeddings of `texts`, in order. With `helpers`, a large batch is split between threads."""

@@ -12,10 +12,11 @@ from typing import NoReturn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.errors import RetrieverError
 from app.settings import Settings
 
 
-class GuardError(Exception):
+class GuardError(RetrieverError):
     pass
 
 

@@ -9,15 +9,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 
 from app.corpus import read_sequentially
+from app.errors import RetrieverError
 
 if TYPE_CHECKING:
-    from app.batcher import Helpers
+    from app.lanes import Helpers
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ MIN_ROWS_TO_SPLIT = 65_536
 BLAS_THRESHOLD = 1
 
 
-class IndexError_(Exception):
+class IndexFileError(RetrieverError):
     """An index file that cannot be used; the message names the file and the problem."""
 
 
@@ -55,15 +56,15 @@ def index_type_name(index: faiss.Index) -> str:
 
 
 class FaissIndex:
-    """Read-only FAISS index with runtime search knobs."""
+    """Read-only FAISS index with runtime search knobs. Implements `app.backends.VectorIndex`."""
 
     def __init__(self, path: Path, use_mmap: bool = True, threads: int = 0) -> None:
         if not path.is_file():
-            raise IndexError_(f"{path}: index file is missing")
+            raise IndexFileError(f"{path}: index file is missing")
         self.path = path
         self.nbytes = path.stat().st_size
         if self.nbytes == 0:
-            raise IndexError_(f"{path}: index file is empty")
+            raise IndexFileError(f"{path}: index file is empty")
         faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
         if threads:
             faiss.omp_set_num_threads(threads)
@@ -93,7 +94,7 @@ class FaissIndex:
                 first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
                 # Drop FAISS's C++ location ("Error in <signature> at <file>:<line>: Error: ").
                 first = re.sub(r"^Error in .*? at \S+:\d+: (?:Error: )?", "", first)
-                raise IndexError_(f"{path}: not a readable FAISS index (truncated or corrupted?): {first}") from None
+                raise IndexFileError(f"{path}: not a readable FAISS index (truncated or corrupted?): {first}") from None
 
         if not use_mmap:
             return read(0), False, "loaded into memory (mmap off)"
@@ -101,7 +102,7 @@ class FaissIndex:
         for flags in (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY, faiss.IO_FLAG_MMAP):
             try:
                 index = read(flags)
-            except IndexError_:
+            except IndexFileError:
                 continue
             if _file_is_mapped(path):
                 return index, True, "memory-mapped (pages shared between workers)"
@@ -141,6 +142,28 @@ class FaissIndex:
             params.sel = selector
             _, ids = self.index.search(vector, 1, params=params)
         return self.count == 0 or int(ids[0, 0]) >= 0
+
+    @property
+    def mapped(self) -> bool:
+        return self.load.mapped
+
+    @property
+    def load_seconds(self) -> float:
+        return self.load.seconds
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "type": self.type_name,
+            "metric": self.metric,
+            "vectors": self.count,
+            "dimension": self.dimension,
+            "bytes": self.nbytes,
+            "mmap": self.load.mapped,
+            "load": self.load.note,
+            "load_seconds": round(self.load.seconds, 4),
+            "search_params": self.search_params(),
+        }
 
     def search_params(self) -> dict[str, int]:
         inner = faiss.downcast_index(self.index)

@@ -8,13 +8,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.errors import RetrieverError
+
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index.faiss"
 CORPUS_DIR = "corpus"
 FORMAT_VERSION = 1
 
 
-class ManifestError(Exception):
+class ManifestError(RetrieverError):
     """A manifest that is missing, unreadable or disagrees with the files beside it."""
 
 

@@ -23,12 +23,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGIApplication
+
+    from app.engine import Engine
 
 log = logging.getLogger("retriever.server")
 
@@ -50,36 +55,24 @@ PRELOAD_MODULES = (
     "uvicorn",
 )
 
-# Called on the first SIGTERM/SIGINT (the app flips readiness to 503 at once).
-_shutdown_hooks: list[Callable[[], None]] = []
-_server: RetrieverServer | None = None
-
-
-def on_shutdown_signal(hook: Callable[[], None]) -> None:
-    _shutdown_hooks.append(hook)
-
-
-def forget_shutdown_hook(hook: Callable[[], None]) -> None:
-    with contextlib.suppress(ValueError):
-        _shutdown_hooks.remove(hook)
-
-
-def request_exit(code: int) -> None:
-    """Stop this worker with an exit code (used when loading fails for good)."""
-    if _server is not None:
-        _server.exit_code = code
-        _server.should_exit = True
-
 
 class RetrieverServer(uvicorn.Server):
-    """uvicorn.Server that drains first: readiness fails at once, admission stops after a delay,
-    in-flight requests finish (up to the graceful timeout), then the process exits 0."""
+    """uvicorn.Server around one engine that drains first: readiness fails at once, admission
+    stops after a delay, in-flight requests finish (up to the graceful timeout), then the process
+    exits 0. A load that fails for good stops it with EXIT_LOAD_FAILED."""
 
-    def __init__(self, config: uvicorn.Config, shutdown_delay_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, engine: Engine, shutdown_delay_s: float) -> None:
         super().__init__(config)
+        self.engine = engine
         self.shutdown_delay_s = shutdown_delay_s
         self.exit_code = 0
         self._draining = False
+        engine.on_load_failed(lambda _message: self.request_exit(EXIT_LOAD_FAILED))
+
+    def request_exit(self, code: int) -> None:
+        """Stop this worker with an exit code."""
+        self.exit_code = code
+        self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:  # a second signal: stop waiting
@@ -89,8 +82,7 @@ class RetrieverServer(uvicorn.Server):
             return
         self._draining = True
         log.info("signal %s: readiness off, draining for %.1fs", signal.Signals(sig).name, self.shutdown_delay_s)
-        for hook in _shutdown_hooks:
-            hook()
+        self.engine.begin_shutdown()
         if self.shutdown_delay_s > 0:
             timer = threading.Timer(self.shutdown_delay_s, self._stop_admitting)
             timer.daemon = True
@@ -103,10 +95,10 @@ class RetrieverServer(uvicorn.Server):
         self.should_exit = True
 
 
-def _uvicorn_config(settings: Settings) -> uvicorn.Config:
+def _uvicorn_config(settings: Settings, app: ASGIApplication | str = "app.api:create_app") -> uvicorn.Config:
     return uvicorn.Config(
-        "app.api:create_app",
-        factory=True,
+        app,
+        factory=isinstance(app, str),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -118,12 +110,16 @@ def _uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 
 def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
-    global _server
-    _server = RetrieverServer(_uvicorn_config(settings), settings.shutdown_delay_s)
-    _server.run(sockets=[sock] if sock is not None else None)
-    if _server.exit_code == 0 and not _server.started:
+    # Imported here, in the worker: the supervisor never imports the app (nor torch, FAISS, metrics).
+    from app.api import build_app
+    from app.engine import Engine
+
+    engine = Engine(settings)
+    server = RetrieverServer(_uvicorn_config(settings, build_app(engine)), engine, settings.shutdown_delay_s)
+    server.run(sockets=[sock] if sock is not None else None)
+    if server.exit_code == 0 and not server.started:
         return EXIT_LOAD_FAILED  # could not bind or start up
-    return _server.exit_code
+    return server.exit_code
 
 
 def _worker_main(settings: Settings, sock: socket.socket) -> None:

@@ -1,4 +1,7 @@
-"""The retriever: encoder + index + corpus, loaded from settings, with its readiness status."""
+"""Loading: settings (+ manifest) -> encoder + index + corpus (a `Retriever`), with progress in a `Status`.
+
+`app.engine.Engine` runs `load` on a background thread, then serves the `Retriever` it returns.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,19 +18,17 @@ from typing import Any
 import numpy as np
 
 from app import __version__, metrics
-from app.batcher import current_helpers
+from app.backends import Encoder, VectorIndex
 from app.corpus import CorpusError, CorpusStore, convert_jsonl
 from app.demo import _locked, ensure_demo_index
 from app.encoder import EncoderConfig, SentenceTransformerEncoder, resolve_model
+from app.errors import LoadError
 from app.index import FaissIndex
+from app.lanes import Helpers
 from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class LoadError(Exception):
-    """Startup cannot complete; the message names the file or setting and the problem."""
 
 
 @dataclass
@@ -71,35 +71,20 @@ class Sources:
 
 
 class Retriever:
-    def __init__(self, encoder: SentenceTransformerEncoder, index: FaissIndex, corpus: CorpusStore) -> None:
+    """What a search needs: the encoder and index backends, and the corpus rows the ids point to."""
+
+    def __init__(self, encoder: Encoder, index: VectorIndex, corpus: CorpusStore) -> None:
         self.encoder, self.index, self.corpus = encoder, index, corpus
 
-    def search(self, queries: list[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
-        # In a batching lane, both stages share the batch with the lane's helper threads.
-        helpers = current_helpers()
+    def search(self, queries: list[str], topk: int, helpers: Helpers | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Encode and search one batch; in a batching lane both stages share it with `helpers`."""
         started = time.perf_counter()
-        vectors = self.encoder.encode(queries, helpers) if helpers else self.encoder.encode(queries)
+        vectors = self.encoder.encode(queries, helpers)
         encoded = time.perf_counter()
-        scores, ids = self.index.search(vectors, topk, helpers) if helpers else self.index.search(vectors, topk)
+        scores, ids = self.index.search(vectors, topk, helpers)
         metrics.STAGE_SECONDS.labels("encode").observe(encoded - started)
         metrics.STAGE_SECONDS.labels("search").observe(time.perf_counter() - encoded)
         return scores, ids
-
-    def render(self, scores: np.ndarray, ids: np.ndarray, return_scores: bool) -> bytes:
-        """Search-R1's response, with each stored row spliced in as-is (no parse, no re-encode)."""
-        row_bytes = self.corpus.row_bytes
-        per_query: list[bytes] = []
-        for query_scores, query_ids in zip(scores.tolist(), ids.tolist(), strict=True):
-            if return_scores:
-                items = [
-                    b'{"document":' + row_bytes(i) + b',"score":' + repr(s).encode() + b"}"
-                    for s, i in zip(query_scores, query_ids, strict=True)
-                    if i >= 0
-                ]
-            else:
-                items = [row_bytes(i) for i in query_ids if i >= 0]
-            per_query.append(b"[" + b",".join(items) + b"]")
-        return b'{"result":[' + b",".join(per_query) + b"]}"
 
 
 def _corpus_cache_dir(corpus_path: Path, data_dir: Path) -> Path:
@@ -174,16 +159,9 @@ def resolve_sources(settings: Settings, status: Status) -> Sources:
     return Sources(index_dir / INDEX_FILE, index_dir / CORPUS_DIR, manifest)
 
 
-def load(settings: Settings, status: Status) -> Retriever:
-    sources = resolve_sources(settings, status)
-    manifest = sources.manifest
-    if manifest is not None and settings.normalize is not None and settings.normalize != manifest.normalize:
-        raise LoadError(
-            f"{sources.index_path.parent / MANIFEST_FILE}: the index was built with normalize={manifest.normalize} "
-            f"but normalize={settings.normalize} was asked (RETRIEVER_NORMALIZE); inner-product scores would be wrong"
-        )
+def open_encoder(settings: Settings, manifest: Manifest | None) -> Encoder:
+    """The encoder backend the settings ask for (a setting, else the manifest's, else the default)."""
     model = settings.model or (manifest.model if manifest else None)
-    status.set_stage(f"loading model {model or 'bundled demo model'}")
     encoder = SentenceTransformerEncoder(
         EncoderConfig(
             model=resolve_model(model),
@@ -203,9 +181,29 @@ def load(settings: Settings, status: Status) -> Retriever:
         import torch
 
         torch.set_num_threads(settings.threads)
-    status.set_stage(f"loading index {sources.index_path}")
-    index = FaissIndex(sources.index_path, use_mmap=settings.mmap, threads=settings.threads)
+    return encoder
+
+
+def open_index(settings: Settings, path: Path) -> VectorIndex:
+    """The index backend the settings ask for, over the index file at `path`."""
+    index = FaissIndex(path, use_mmap=settings.mmap, threads=settings.threads)
     index.set_search_params(settings.nprobe, settings.ef_search)
+    return index
+
+
+def load(settings: Settings, status: Status) -> Retriever:
+    sources = resolve_sources(settings, status)
+    manifest = sources.manifest
+    if manifest is not None and settings.normalize is not None and settings.normalize != manifest.normalize:
+        raise LoadError(
+            f"{sources.index_path.parent / MANIFEST_FILE}: the index was built with normalize={manifest.normalize} "
+            f"but normalize={settings.normalize} was asked (RETRIEVER_NORMALIZE); inner-product scores would be wrong"
+        )
+    model = settings.model or (manifest.model if manifest else None)
+    status.set_stage(f"loading model {model or 'bundled demo model'}")
+    encoder = open_encoder(settings, manifest)
+    status.set_stage(f"loading index {sources.index_path}")
+    index = open_index(settings, sources.index_path)
     if index.dimension != encoder.dimension:
         raise LoadError(
             f"{sources.index_path}: index dimension {index.dimension} does not match model "
@@ -230,8 +228,8 @@ def load(settings: Settings, status: Status) -> Retriever:
     metrics.INDEX_VECTORS.set(index.count)
     metrics.INDEX_BYTES.set(index.nbytes)
     metrics.CORPUS_BYTES.set(corpus.nbytes)
-    metrics.INDEX_LOAD_SECONDS.set(index.load.seconds)
-    metrics.INFO.labels(__version__, encoder.name, index.type_name, str(index.load.mapped).lower()).set(1)
+    metrics.INDEX_LOAD_SECONDS.set(index.load_seconds)
+    metrics.INFO.labels(__version__, encoder.name, index.type_name, str(index.mapped).lower()).set(1)
     return retriever
 
 
@@ -252,7 +250,7 @@ def warm_up(retriever: Retriever, status: Status, step: int = WARMUP_STEP_BYTES)
     metrics.WARMUP_PROGRESS.set(0.0)
     if blocking:
         status.set_stage("warming up: reading the index and corpus pages into the page cache")
-    index_bytes = retriever.index.nbytes if retriever.index.load.mapped else 0
+    index_bytes = retriever.index.nbytes if retriever.index.mapped else 0
     sizes = index_bytes, retriever.corpus.nbytes
     total = max(sum(sizes), 1)
     started = time.perf_counter()
@@ -274,79 +272,3 @@ def warm_up(retriever: Retriever, status: Status, step: int = WARMUP_STEP_BYTES)
     status.warmup, status.warmup_progress = "done", 1.0
     metrics.WARMUP_PROGRESS.set(1.0)
     log.info("warm-up done: %.1f MiB in %.2fs", sum(sizes) / 2**20, time.perf_counter() - started)
-
-
-def info(retriever: Retriever, settings: Settings, status: Status) -> dict[str, Any]:
-    index, encoder = retriever.index, retriever.encoder
-    return {
-        "version": __version__,
-        "model": {
-            "name": encoder.name,
-            "dimension": encoder.dimension,
-            "query_prefix": encoder.config.prefix,
-            "normalize": encoder.config.normalize,
-            "max_length": encoder.max_length,
-            "device": settings.device,
-        },
-        "index": {
-            "path": str(index.path),
-            "type": index.type_name,
-            "metric": index.metric,
-            "vectors": index.count,
-            "dimension": index.dimension,
-            "bytes": index.nbytes,
-            "mmap": index.load.mapped,
-            "load": index.load.note,
-            "load_seconds": round(index.load.seconds, 4),
-            "search_params": index.search_params(),
-        },
-        "corpus": {
-            "path": str(retriever.corpus.directory),
-            "rows": retriever.corpus.count,
-            "bytes": retriever.corpus.nbytes,
-        },
-        "batching": {
-            "enabled": settings.batching,
-            "max_batch_size": settings.max_batch_size,
-            "max_wait_ms": settings.max_wait_ms,
-            "max_queue": settings.max_queue,
-            "overload_status": settings.overload_status,
-        },
-        "limits": {
-            "default_topk": settings.default_topk,
-            "max_topk": settings.max_topk,
-            "max_queries_per_request": settings.max_queries_per_request,
-            "max_body_bytes": settings.max_body_bytes,
-            "max_query_tokens": encoder.max_length,
-        },
-        "warmup": {"state": status.warmup, "progress": round(status.warmup_progress, 3)},
-        "pid": os.getpid(),
-    }
-
-
-class Loader(threading.Thread):
-    """Loads in the background so /livez and /health answer (503 with progress) during a slow start."""
-
-    def __init__(self, settings: Settings, status: Status) -> None:
-        super().__init__(name="loader", daemon=True)
-        self.settings, self.status = settings, status
-        self.retriever: Retriever | None = None
-
-    def run(self) -> None:
-        try:
-            retriever = load(self.settings, self.status)
-        except Exception as exc:  # every load error becomes a readiness failure with its message
-            self.status.state, self.status.message = "failed", str(exc)
-            log.error("startup failed: %s", exc)
-            return
-        self.retriever = retriever
-        if self.settings.warmup and not self.settings.ready_before_warmup:
-            warm_up(retriever, self.status)
-        self.status.stage, self.status.progress = "serving", 1.0
-        self.status.ready_after_s = time.time() - self.status.started_at
-        if self.status.state == "loading":
-            self.status.state = "ready"
-            metrics.READY.set(1)
-        log.info("ready after %.1fs", self.status.ready_after_s)
-        if self.settings.warmup and self.settings.ready_before_warmup:
-            warm_up(retriever, self.status)

@@ -3,7 +3,7 @@
 Loads the index exactly as `retriever serve` does (app.service.load, same settings and environment),
 then encodes and searches the fixed query set in consecutive batches of each size, in two layouts:
 - `threads`: the libraries' own multi-threading (torch and FAISS OpenMP teams over every core);
-- `lane`: the batching server's layout (app.batcher.ComputeLane: one single-threaded thread per
+- `lane`: the batching server's layout (app.lanes.ComputeLane: one single-threaded thread per
   core sharing each batch).
 Each (layout, size) is measured in three windows; its queries/s is the median window, robust to
 bursts of load from other processes. The sweep's best (layout, size) is the offline limit; the
@@ -87,7 +87,7 @@ class OfflineBench:
     """The server's retriever loaded in this process, measured without HTTP."""
 
     def __init__(self, index_dir: Path) -> None:
-        from app.batcher import ComputeLane, available_cores
+        from app.lanes import ComputeLane, available_cores
         from app.service import Status, load
         from app.settings import Settings
 

@@ -1,0 +1,258 @@
+"""The engine: one object that loads, answers searches, reports readiness and stops.
+
+    engine = Engine(settings)            # or Engine.from_parts(encoder, index, corpus, settings)
+    await engine.start()                 # loading runs on a background thread; returns at once
+    await engine.wait_ready()            # optional: until it serves (raises LoadError if loading failed)
+    result = await engine.search(["who wrote the aeneid"], topk=3)
+    result.scores, result.ids, result.row_bytes(int(result.ids[0, 0]))
+    await engine.stop()
+
+It owns the loading (`app.service.load` on a thread, progress in `engine.status`), the scheduler
+(`app.batcher.MicroBatcher`, or `PerRequestRunner` with `--batching off`) and readiness. Searches
+that cannot be answered raise the domain errors of `app.errors` (`NotReady`, `BadRequest`,
+`Overloaded`, `BatchFailed`); the HTTP face (`app.api`) maps them to statuses in one place.
+
+Where new things plug in:
+- An encoder backend: implement `app.backends.Encoder` (name, dimension, max_length,
+  encode(texts, helpers), describe()) in its own module, and return it from
+  `app.service.open_encoder` when the settings ask for it (a new `Settings` field becomes a
+  `retriever serve` flag and a `RETRIEVER_*` variable by itself).
+- An index backend: implement `app.backends.VectorIndex` (count, dimension, metric, nbytes,
+  type_name, mapped, search(vectors, topk, helpers), self_test, touch_pages, describe()) and
+  return it from `app.service.open_index`.
+- Tests and benchmarks that already hold the parts: `Engine.from_parts(encoder, index, corpus)`.
+- An HTTP route: a module-level handler on `app.api.router` (or your own `APIRouter`, included
+  in `app.api.build_app`); get the engine with `engine: Engine = Depends(get_engine)`, and
+  raise `app.errors` classes (a new class gets its status in `app.api.ERROR_STATUS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app import __version__, metrics
+from app.backends import Encoder, VectorIndex
+from app.batcher import MicroBatcher, PerRequestRunner, Scheduler
+from app.corpus import CorpusStore
+from app.errors import LoadError, NotReady
+from app.schemas import RequestLimits
+from app.service import Retriever, Status, load, warm_up
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One result list per query, in order: `scores` and `ids` are (queries, topk), best first;
+    an id of -1 marks a missing hit (fewer rows than topk). `row_bytes(id)` is a corpus row."""
+
+    scores: np.ndarray
+    ids: np.ndarray
+    corpus: CorpusStore
+
+    def row_bytes(self, row: int) -> bytes:
+        return self.corpus.row_bytes(row)
+
+
+class Engine:
+    """Loads in the background, then answers searches through its scheduler; see the module doc."""
+
+    def __init__(self, settings: Settings | None = None, retriever: Retriever | None = None) -> None:
+        self.settings = settings or Settings()
+        self.status = Status()
+        self.limits = RequestLimits.from_settings(self.settings)
+        self.inflight = 0
+        self._retriever = retriever  # given (from_parts) or set by the loader thread
+        self._scheduler: Scheduler | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._failure_listeners: list[Callable[[str], None]] = []
+
+    @classmethod
+    def from_parts(
+        cls, encoder: Encoder, index: VectorIndex, corpus: CorpusStore, settings: Settings | None = None
+    ) -> Engine:
+        """An engine over backends already built (tests, benchmarks): no loading from files."""
+        return cls(settings, Retriever(encoder, index, corpus))
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def retriever(self) -> Retriever | None:
+        """The loaded parts (None while loading); /info shows them as soon as they exist."""
+        return self._retriever
+
+    @property
+    def corpus(self) -> CorpusStore | None:
+        return self._retriever.corpus if self._retriever is not None else None
+
+    @property
+    def ready(self) -> bool:
+        """Serving searches: loaded, the scheduler running, and not shutting down."""
+        return self.status.state == "ready" and self._scheduler is not None
+
+    def on_load_failed(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(message)` (on the event loop) if loading fails; the server exits on it."""
+        self._failure_listeners.append(listener)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin loading on a background thread (so /health and /livez answer meanwhile); the
+        scheduler starts on this event loop once loading is done."""
+        if self._serving is not None:
+            return
+        metrics.READY.set(0)
+        loop = asyncio.get_running_loop()
+        loaded: asyncio.Future[Retriever] = loop.create_future()
+        if self._retriever is not None:
+            loaded.set_result(self._retriever)
+        else:
+            threading.Thread(target=self._load, args=(loop, loaded), name="loader", daemon=True).start()
+        self._serving = asyncio.create_task(self._serve_when_loaded(loaded), name="engine-start")
+
+    async def wait_ready(self) -> None:
+        """Until the engine serves; LoadError with the loader's message if loading failed."""
+        if self._serving is None:
+            raise RuntimeError("Engine.start() was not called")
+        await asyncio.shield(self._serving)
+        if self.status.state == "failed":
+            raise LoadError(self.status.message)
+
+    def begin_shutdown(self) -> None:
+        """First SIGTERM: fail readiness at once so endpoints drop this pod; keep serving meanwhile."""
+        self.status.state = "shutting_down"
+        metrics.READY.set(0)
+
+    async def stop(self) -> None:
+        """Refuse new searches, fail the queued ones, stop the scheduler. Loading in progress is
+        abandoned (its thread is a daemon: it never holds the process up)."""
+        self.begin_shutdown()
+        if self._serving is not None:
+            self._serving.cancel()
+            self._serving = None
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+            self._scheduler = None
+
+    def _load(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future[Retriever]) -> None:
+        """Loader thread: load (and warm up, when readiness waits for it), then hand over to the loop."""
+        error: Exception | None = None
+        try:
+            retriever = load(self.settings, self.status)
+            self._retriever = retriever
+            if self.settings.warmup and not self.settings.ready_before_warmup:
+                warm_up(retriever, self.status)
+        except Exception as exc:  # every load error becomes a readiness failure with its message
+            self.status.state, self.status.message = "failed", str(exc)
+            log.error("startup failed: %s", exc)
+            error = exc
+
+        def hand_over() -> None:
+            if loaded.done():  # stopped meanwhile
+                return
+            if error is not None:
+                loaded.set_exception(error)
+            else:
+                loaded.set_result(retriever)
+
+        with contextlib.suppress(RuntimeError):  # the loop closed while loading: nobody waits any more
+            loop.call_soon_threadsafe(hand_over)
+
+    async def _serve_when_loaded(self, loaded: asyncio.Future[Retriever]) -> None:
+        try:
+            retriever = await loaded
+        except Exception as exc:
+            for listener in self._failure_listeners:
+                listener(str(exc))
+            return
+        settings = self.settings
+        scheduler: Scheduler
+        if settings.batching:
+            scheduler = MicroBatcher(
+                retriever.search,
+                settings.max_batch_size,
+                settings.max_wait_ms,
+                settings.max_queue,
+                max_queue_wait_s=settings.max_queue_wait_s,
+            )
+        else:
+            scheduler = PerRequestRunner(retriever.search, settings.per_request_threads, settings.max_queue)
+        await scheduler.start()
+        self._scheduler = scheduler
+        status = self.status
+        status.stage, status.progress = "serving", 1.0
+        status.ready_after_s = time.time() - status.started_at
+        if status.state == "loading":  # not when a SIGTERM came first
+            status.state = "ready"
+            metrics.READY.set(1)
+        log.info("ready after %.1fs", status.ready_after_s)
+        if settings.warmup and settings.ready_before_warmup:
+            threading.Thread(target=warm_up, args=(retriever, status), name="warm-up", daemon=True).start()
+
+    # -- answering ---------------------------------------------------------------------------
+
+    async def search(self, queries: list[str], topk: int | None) -> SearchResult:
+        """Top `topk` rows per query (None or 0: the default). Raises NotReady, BadRequest
+        (limits, invalid text), Overloaded (refused at admission) or BatchFailed."""
+        retriever, scheduler = self._retriever, self._scheduler
+        if retriever is None or scheduler is None:
+            raise NotReady(self._not_ready_detail())
+        topk = self.limits.check(queries, topk)
+        self.inflight += 1
+        metrics.INFLIGHT.set(self.inflight)
+        try:
+            scores, ids = await scheduler.submit(queries, topk)
+        finally:
+            self.inflight -= 1
+            metrics.INFLIGHT.set(self.inflight)
+        return SearchResult(scores, ids, retriever.corpus)
+
+    def _not_ready_detail(self) -> str:
+        status = self.status
+        detail = f"not ready: {status.state} ({status.stage}, {status.progress:.0%})"
+        if status.message:
+            detail += f": {status.message}"
+        return detail
+
+    def info(self) -> dict[str, Any] | None:
+        """/info's body once the parts are loaded (None before)."""
+        retriever, settings, status = self._retriever, self.settings, self.status
+        if retriever is None:
+            return None
+        return {
+            "version": __version__,
+            "model": retriever.encoder.describe(),
+            "index": retriever.index.describe(),
+            "corpus": {
+                "path": str(retriever.corpus.directory),
+                "rows": retriever.corpus.count,
+                "bytes": retriever.corpus.nbytes,
+            },
+            "batching": {
+                "enabled": settings.batching,
+                "max_batch_size": settings.max_batch_size,
+                "max_wait_ms": settings.max_wait_ms,
+                "max_queue": settings.max_queue,
+                "overload_status": settings.overload_status,
+            },
+            "limits": {
+                "default_topk": settings.default_topk,
+                "max_topk": settings.max_topk,
+                "max_queries_per_request": settings.max_queries_per_request,
+                "max_body_bytes": settings.max_body_bytes,
+                "max_query_tokens": retriever.encoder.max_length,
+            },
+            "warmup": {"state": status.warmup, "progress": round(status.warmup_progress, 3)},
+            "pid": os.getpid(),
+        }
