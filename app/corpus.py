@@ -6,15 +6,22 @@ Layout of a store directory:
 
 No Python object per passage is ever held: a lookup slices the mapping. Rows are kept as
 JSON bytes so the API can splice them into a response without parsing them again.
+
+A Search-R1 passages jsonl served as it is (`--corpus-path`) is converted into a store once and
+cached (`ensure_corpus_store`), under a file lock so that workers and test processes convert it once.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import mmap
 import os
+import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -224,3 +231,74 @@ def convert_jsonl(
     finally:
         writer.close()
     return report
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """One holder at a time, across workers and processes (an exclusive flock on `path`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def store_cache_dir(corpus_path: Path, data_dir: Path) -> Path:
+    """Where the store of a jsonl is cached: beside it when that is writable, else in data_dir."""
+    beside = corpus_path.parent / f"{corpus_path.name}.store"
+    if os.access(corpus_path.parent, os.W_OK):
+        return beside
+    digest = hashlib.sha1(str(corpus_path.resolve()).encode()).hexdigest()[:12]
+    return data_dir / "corpora" / f"{corpus_path.name}-{digest}.store"
+
+
+def ensure_corpus_store(
+    corpus_path: Path,
+    data_dir: Path,
+    on_stage: Callable[[str], None] | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> Path:
+    """Convert a Search-R1 jsonl into a store once; reuse it while the source is unchanged.
+
+    `on_stage` hears that a conversion starts, `on_progress` its fraction of the file read."""
+    if not corpus_path.is_file():
+        raise CorpusError(f"{corpus_path}: corpus file not found")
+    stat = corpus_path.stat()
+    source = {"path": str(corpus_path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    store_dir = store_cache_dir(corpus_path, data_dir)
+    marker = store_dir / "source.json"
+
+    def current() -> bool:
+        try:
+            return json.loads(marker.read_text())["source"] == source
+        except (OSError, ValueError, KeyError):
+            return False
+
+    if current():
+        return store_dir
+    with file_lock(store_dir.parent / f".{store_dir.name}.lock"):
+        if current():
+            return store_dir
+        tmp = store_dir.parent / f".{store_dir.name}.converting-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        done = 0
+
+        def on_bytes(count: int) -> None:
+            nonlocal done
+            done += count
+            if on_progress is not None:
+                on_progress(done / max(stat.st_size, 1))
+
+        if on_stage is not None:
+            on_stage(f"converting corpus {corpus_path.name} (once, cached in {store_dir})")
+        try:
+            report = convert_jsonl(corpus_path, tmp, skip_invalid=False, on_bytes=on_bytes)
+            (tmp / "source.json").write_text(json.dumps({"source": source, "rows": report.rows}))
+            shutil.rmtree(store_dir, ignore_errors=True)
+            os.rename(tmp, store_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("converted %s: %d rows, %d blank lines", corpus_path, report.rows, report.blank_lines)
+    return store_dir

@@ -6,16 +6,15 @@ Each article's Wikidata short description doubles as a labelled query for it
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.builder import BuildOptions, build
+from app.corpus import file_lock
 from app.encoder import BUNDLED_MODEL, resolve_model
 from app.errors import RetrieverError
 from app.manifest import MANIFEST_FILE
@@ -81,18 +80,6 @@ def write_corpus(path: Path, limit: int | None = None) -> int:
     return len(docs)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One builder at a time, across workers and test processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_demo_index(
     data_dir: Path,
     limit: int | None = None,
@@ -105,7 +92,7 @@ def ensure_demo_index(
     index_dir = root / "index"
     if (index_dir / MANIFEST_FILE).is_file():
         return index_dir
-    with _locked(root / ".lock"):
+    with file_lock(root / ".lock"):
         if (index_dir / MANIFEST_FILE).is_file():
             return index_dir
         corpus = root / "wiki-leads.jsonl"

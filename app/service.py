@@ -5,11 +5,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +15,8 @@ import numpy as np
 
 from app import __version__, metrics
 from app.backends import Encoder, VectorIndex
-from app.corpus import CorpusError, CorpusStore, convert_jsonl
-from app.demo import _locked, ensure_demo_index
+from app.corpus import CorpusError, CorpusStore, ensure_corpus_store
+from app.demo import ensure_demo_index
 from app.encoder import EncoderConfig, SentenceTransformerEncoder, resolve_model
 from app.errors import LoadError
 from app.index import FaissIndex
@@ -47,6 +43,9 @@ class Status:
     def set_stage(self, stage: str, progress: float = 0.0) -> None:
         self.stage, self.progress = stage, progress
         log.info("loading: %s", stage)
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = progress
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -87,64 +86,15 @@ class Retriever:
         return scores, ids
 
 
-def _corpus_cache_dir(corpus_path: Path, data_dir: Path) -> Path:
-    beside = corpus_path.parent / f"{corpus_path.name}.store"
-    if os.access(corpus_path.parent, os.W_OK):
-        return beside
-    digest = hashlib.sha1(str(corpus_path.resolve()).encode()).hexdigest()[:12]
-    return data_dir / "corpora" / f"{corpus_path.name}-{digest}.store"
-
-
-def ensure_corpus_store(corpus_path: Path, data_dir: Path, status: Status | None = None) -> Path:
-    """Convert a Search-R1 jsonl into a store once; reuse it while the source is unchanged."""
-    if not corpus_path.is_file():
-        raise LoadError(f"{corpus_path}: corpus file not found")
-    stat = corpus_path.stat()
-    source = {"path": str(corpus_path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    store_dir = _corpus_cache_dir(corpus_path, data_dir)
-    marker = store_dir / "source.json"
-
-    def current() -> bool:
-        try:
-            return json.loads(marker.read_text())["source"] == source
-        except (OSError, ValueError, KeyError):
-            return False
-
-    if current():
-        return store_dir
-    with _locked(store_dir.parent / f".{store_dir.name}.lock"):
-        if current():
-            return store_dir
-        tmp = store_dir.parent / f".{store_dir.name}.converting-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        done = 0
-
-        def on_bytes(count: int) -> None:
-            nonlocal done
-            done += count
-            if status is not None:
-                status.progress = done / max(stat.st_size, 1)
-
-        if status is not None:
-            status.set_stage(f"converting corpus {corpus_path.name} (once, cached in {store_dir})")
-        try:
-            report = convert_jsonl(corpus_path, tmp, skip_invalid=False, on_bytes=on_bytes)
-            (tmp / "source.json").write_text(json.dumps({"source": source, "rows": report.rows}))
-            shutil.rmtree(store_dir, ignore_errors=True)
-            os.rename(tmp, store_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("converted %s: %d rows, %d blank lines", corpus_path, report.rows, report.blank_lines)
-    return store_dir
-
-
 def resolve_sources(settings: Settings, status: Status) -> Sources:
     if settings.index_path is not None or settings.corpus_path is not None:
         if settings.index_path is None or settings.corpus_path is None:
             raise LoadError("--index-path and --corpus-path go together (a bare FAISS index and its passages jsonl)")
         if not settings.index_path.is_file():
             raise LoadError(f"{settings.index_path}: index file not found")
-        corpus_dir = ensure_corpus_store(settings.corpus_path, settings.data_dir, status)
+        corpus_dir = ensure_corpus_store(
+            settings.corpus_path, settings.data_dir, on_stage=status.set_stage, on_progress=status.set_progress
+        )
         return Sources(settings.index_path, corpus_dir, None)
     index_dir = settings.index_dir
     if index_dir is None:
