@@ -127,7 +127,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from app.loadgen import main as load_main
+    from app.loadclient import main as load_main
 
     return load_main(args)
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.loadgen import run_load  # noqa: E402
+from app.loadclient import run_load  # noqa: E402
 from bench import memory_index, memory_proc  # noqa: E402
 
 GIB = 1024**3

@@ -4,7 +4,7 @@ For each index (the demo: encoder-bound; flat1m: 1M x 384 synthetic Flat, search
   1. the offline limit (bench/offline.py, in its own process: no HTTP, batch sizes 1..512);
   2. the real server (`python -m app serve`) with `--batching on`, then `--batching off`
      (each request encoded and searched alone in a worker thread: the usual design), each driven
-     by app.loadgen (closed model: C callers, keep-alive) at concurrency 1, 8, 64, 256 with 1 and
+     by app.loadclient (closed model: C callers, keep-alive) at concurrency 1, 8, 64, 256 with 1 and
      16 queries per request; every point is bounded by a measured window plus a grace period.
 Writes bench/results/latest.json, latest.md and latest.png (bench/report.py).
 
@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from app.loadgen import run, run_load
+from app.loadclient import run, run_load
 from bench import report
 from bench.common import DATA_DIR, RESULTS, ROOT, TOPK, bench_queries, demo_index_dir, flat_index_dir, machine
 
@@ -448,7 +448,7 @@ def main() -> int:
         reserve = RESERVE_PER_INDEX_S * (len(names) - position - 1)
         results["indexes"][name] = run_index(name, index_dir, plan, queries, log_path, deadline, reserve)
     info["loadavg_end"] = list(os.getloadavg())
-    results["plan"] = vars(plan) | {"queries": len(queries), "topk": TOPK, "client": "app.loadgen (closed model)"}
+    results["plan"] = vars(plan) | {"queries": len(queries), "topk": TOPK, "client": "app.loadclient (closed model)"}
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.targets(results)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.loadgen import run, run_load, run_open_loop
+from app.loadclient import run, run_load, run_open_loop
 from tests.helpers import run_server
 
 DURATION_S = 8.0
