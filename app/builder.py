@@ -13,8 +13,7 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -22,36 +21,17 @@ import numpy as np
 from tqdm import tqdm
 
 from app.corpus import CORPUS_DIR_FILES, ConversionReport, CorpusStore, CorpusWriter, iter_jsonl
-from app.encoder import EncoderConfig, SentenceTransformerEncoder, resolve_model
+from app.encoder import SentenceTransformerEncoder
 from app.errors import RetrieverError
 from app.index import FaissIndex
 from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest, record_files
+from app.spec import BuildOptions
 
 log = logging.getLogger(__name__)
 
 
 class BuildError(RetrieverError):
     """The build cannot complete; nothing was left at the output path."""
-
-
-@dataclass
-class BuildOptions:
-    corpus: Path
-    out: Path
-    model: str
-    index_factory: str = "Flat"
-    passage_prefix: str = ""
-    query_prefix: str = ""
-    normalize: bool = True
-    max_length: int | None = None
-    device: str = "cpu"
-    chunk_size: int = 1024
-    train_size: int = 100_000
-    skip_invalid: bool = False
-    force: bool = False
-    progress: bool = True
-    allow_download: bool = False
-    on_progress: Callable[[float], None] | None = None  # fraction of the corpus read, for /health
 
 
 def _chunks(rows: Iterator[tuple[dict, bytes]], size: int) -> Iterator[list[tuple[dict, bytes]]]:
@@ -135,16 +115,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def _build_into(tmp: Path, options: BuildOptions) -> Manifest:
-    encoder = SentenceTransformerEncoder(
-        EncoderConfig(
-            model=resolve_model(options.model),
-            prefix=options.passage_prefix,
-            normalize=options.normalize,
-            max_length=options.max_length,
-            device=options.device,
-            allow_download=options.allow_download,
-        )
-    )
+    encoder = SentenceTransformerEncoder(options.encoder_config())
     try:
         index = faiss.index_factory(encoder.dimension, options.index_factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:

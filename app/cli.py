@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import Any, TypeVar, get_args, get_type_hints
 
 from pydantic import ValidationError
 
 from app import __version__
 from app.errors import LoadError, RetrieverError
 from app.settings import Settings
+from app.spec import BuildOptions
+
+T = TypeVar("T")
 
 
 def _bool(value: str) -> bool:
@@ -35,6 +39,40 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, type=_bool, nargs="?", const=True, default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=name, default=None, help=help_text)
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, options: type[Any]) -> None:
+    """One flag per dataclass field with `flag(...)` metadata (app.spec.flag): a field without a
+    default is required; a bool is a switch (`--force`), or `--no-...` when it defaults to true."""
+    hints = get_type_hints(options)
+    for option in dataclasses.fields(options):
+        if "help" not in option.metadata:
+            continue
+        name = option.metadata["flag"] or "--" + option.name.replace("_", "-")
+        kind = next((arg for arg in get_args(hints[option.name]) if arg is not type(None)), hints[option.name])
+        if kind is bool:
+            negated = option.default is True
+            flag = "--no-" + option.name.replace("_", "-") if negated else name
+            action = "store_false" if negated else "store_true"
+            parser.add_argument(flag, dest=option.name, action=action, help=option.metadata["help"])
+            continue
+        shown = name.lstrip("-").replace("-", "_").upper()
+        required = option.default is dataclasses.MISSING
+        default = None if required else option.default
+        parser.add_argument(
+            name,
+            dest=option.name,
+            type=kind,
+            required=required,
+            default=default,
+            metavar=shown,
+            help=option.metadata["help"],
+        )
+
+
+def _options_from(args: argparse.Namespace, options: type[T]) -> T:
+    chosen = {option.name: getattr(args, option.name) for option in dataclasses.fields(options) if option.metadata}
+    return options(**chosen)
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -79,27 +117,9 @@ def _fail(message: str) -> Exception:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from app.builder import BuildOptions, build
+    from app.builder import build
 
-    manifest = build(
-        BuildOptions(
-            corpus=Path(args.corpus),
-            out=Path(args.out),
-            model=args.model,
-            index_factory=args.index_type,
-            passage_prefix=args.passage_prefix,
-            query_prefix=args.query_prefix,
-            normalize=not args.no_normalize,
-            max_length=args.max_length,
-            device=args.device,
-            chunk_size=args.chunk_size,
-            train_size=args.train_size,
-            skip_invalid=args.skip_invalid,
-            force=args.force,
-            progress=not args.no_progress,
-            allow_download=args.allow_download,
-        )
-    )
+    manifest = build(_options_from(args, BuildOptions))
     skipped = manifest.source.get("skipped_count", 0)
     print(
         f"built {args.out}: {manifest.count} passages, {manifest.index_factory}, dim {manifest.dimension}"
@@ -150,21 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     build = commands.add_parser("build", help="build an index directory from a passages .jsonl")
-    build.add_argument("--corpus", required=True, help="passages jsonl: {'id':..., 'contents': '\"Title\"\\nText'}")
-    build.add_argument("--out", required=True, help="index directory to create")
-    build.add_argument("--model", default=None, help="sentence-transformers path or name (default: bundled MiniLM)")
-    build.add_argument("--index-type", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF4096,Flat, ...")
-    build.add_argument("--passage-prefix", default="", help="e.g. 'passage: ' for e5")
-    build.add_argument("--query-prefix", default="", help="recorded for serve, e.g. 'query: ' for e5")
-    build.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalised)")
-    build.add_argument("--max-length", type=int, default=None, help="tokens per passage")
-    build.add_argument("--device", default="cpu")
-    build.add_argument("--chunk-size", type=int, default=1024, help="passages encoded per step")
-    build.add_argument("--train-size", type=int, default=100_000, help="training sample for IVF/PQ indexes")
-    build.add_argument("--skip-invalid", action="store_true", help="skip malformed lines (reported) instead of failing")
-    build.add_argument("--force", action="store_true", help="replace an existing output directory")
-    build.add_argument("--no-progress", action="store_true")
-    build.add_argument("--allow-download", action="store_true", help="let the model loader reach a hub")
+    _add_option_flags(build, BuildOptions)
     build.set_defaults(func=cmd_build)
 
     verify = commands.add_parser("verify", help="check an index directory: checksums, counts, a query")

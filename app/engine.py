@@ -14,15 +14,17 @@ that cannot be answered raise the domain errors of `app.errors` (`NotReady`, `Ba
 
 Where new things plug in:
 - An encoder backend: implement `app.backends.Encoder` (name, dimension, max_length,
-  encode(texts, helpers), describe()) in its own module, and return it from
-  `app.service.open_encoder` when the settings ask for it (a new `Settings` field becomes a
-  `retriever serve` flag and a `RETRIEVER_*` variable by itself).
+  encode(texts, helpers), describe()) in its own module. Add its option to `Settings` (it becomes
+  a `retriever serve` flag and a `RETRIEVER_*` variable by itself), carry it in
+  `app.spec.EncoderSpec` (resolved once from settings + manifest), and return your backend from
+  `app.service.open_encoder(spec)` when the spec asks for it.
 - An index backend: implement `app.backends.VectorIndex` (count, dimension, metric, nbytes,
-  type_name, mapped, search(vectors, topk, helpers), self_test, touch_pages, describe()) and
-  return it from `app.service.open_index`.
+  type_name, mapped, load_seconds, search(vectors, topk, helpers), self_test, touch_pages,
+  describe()); carry its option in `app.spec.IndexSpec` and return it from
+  `app.service.open_index(spec)`.
 - Tests and benchmarks that already hold the parts: `Engine.from_parts(encoder, index, corpus)`.
 - An HTTP route: a module-level handler on `app.api.router` (or your own `APIRouter`, included
-  in `app.api.build_app`); get the engine with `engine: Engine = Depends(get_engine)`, and
+  in `app.api.build_app`); take the engine as a parameter `engine: EngineDep` (`app.api`), and
   raise `app.errors` classes (a new class gets its status in `app.api.ERROR_STATUS`).
 """
 

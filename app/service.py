@@ -17,12 +17,13 @@ from app import __version__, metrics
 from app.backends import Encoder, VectorIndex
 from app.corpus import CorpusError, CorpusStore, ensure_corpus_store
 from app.demo import ensure_demo_index
-from app.encoder import EncoderConfig, SentenceTransformerEncoder, resolve_model
+from app.encoder import SentenceTransformerEncoder
 from app.errors import LoadError
 from app.index import FaissIndex
 from app.lanes import Helpers
 from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest
 from app.settings import Settings
+from app.spec import EncoderSpec, IndexSpec, resolve_encoder, resolve_index
 
 log = logging.getLogger(__name__)
 
@@ -109,35 +110,20 @@ def resolve_sources(settings: Settings, status: Status) -> Sources:
     return Sources(index_dir / INDEX_FILE, index_dir / CORPUS_DIR, manifest)
 
 
-def open_encoder(settings: Settings, manifest: Manifest | None) -> Encoder:
-    """The encoder backend the settings ask for (a setting, else the manifest's, else the default)."""
-    model = settings.model or (manifest.model if manifest else None)
-    encoder = SentenceTransformerEncoder(
-        EncoderConfig(
-            model=resolve_model(model),
-            prefix=settings.query_prefix
-            if settings.query_prefix is not None
-            else (manifest.query_prefix if manifest else ""),
-            normalize=settings.normalize
-            if settings.normalize is not None
-            else (manifest.normalize if manifest else True),
-            max_length=settings.max_length or (manifest.max_length if manifest else None),
-            device=settings.device,
-            batch_size=settings.max_batch_size,
-            allow_download=settings.allow_download,
-        )
-    )
-    if settings.threads:
+def open_encoder(spec: EncoderSpec) -> Encoder:
+    """The encoder backend the spec asks for."""
+    encoder = SentenceTransformerEncoder(spec.config())
+    if spec.threads:
         import torch
 
-        torch.set_num_threads(settings.threads)
+        torch.set_num_threads(spec.threads)
     return encoder
 
 
-def open_index(settings: Settings, path: Path) -> VectorIndex:
-    """The index backend the settings ask for, over the index file at `path`."""
-    index = FaissIndex(path, use_mmap=settings.mmap, threads=settings.threads)
-    index.set_search_params(settings.nprobe, settings.ef_search)
+def open_index(spec: IndexSpec) -> VectorIndex:
+    """The index backend the spec asks for."""
+    index = FaissIndex(spec.path, use_mmap=spec.mmap, threads=spec.threads)
+    index.set_search_params(spec.nprobe, spec.ef_search)
     return index
 
 
@@ -149,11 +135,11 @@ def load(settings: Settings, status: Status) -> Retriever:
             f"{sources.index_path.parent / MANIFEST_FILE}: the index was built with normalize={manifest.normalize} "
             f"but normalize={settings.normalize} was asked (RETRIEVER_NORMALIZE); inner-product scores would be wrong"
         )
-    model = settings.model or (manifest.model if manifest else None)
-    status.set_stage(f"loading model {model or 'bundled demo model'}")
-    encoder = open_encoder(settings, manifest)
+    encoder_spec = resolve_encoder(settings, manifest)
+    status.set_stage(f"loading model {encoder_spec.model or 'bundled demo model'}")
+    encoder = open_encoder(encoder_spec)
     status.set_stage(f"loading index {sources.index_path}")
-    index = open_index(settings, sources.index_path)
+    index = open_index(resolve_index(settings, sources.index_path))
     if index.dimension != encoder.dimension:
         raise LoadError(
             f"{sources.index_path}: index dimension {index.dimension} does not match model "
