@@ -117,7 +117,7 @@ class MicroBatcher(Scheduler):
         self._pending: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
         # One lane: batches run one after another, each on every core (threads: 0 = all cores).
-        self._lane = ComputeLane(threads)
+        self.lane = ComputeLane(threads)
         self._task: asyncio.Task[None] | None = None
         self._last_size = 0
         self._last_compute_s = 0.0
@@ -131,7 +131,7 @@ class MicroBatcher(Scheduler):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._fail(list(self._pending), "search failed: server is shutting down")
-        self._lane.shutdown()
+        self.lane.shutdown()
 
     @staticmethod
     def _fail(jobs: list[_Job], detail: str) -> None:
@@ -199,7 +199,7 @@ class MicroBatcher(Scheduler):
             metrics.STAGE_SECONDS.labels("queue_wait").observe(started - job.enqueued)
         metrics.BATCH_SIZE.observe(len(texts))
         try:
-            scores, ids = await loop.run_in_executor(self._lane.executor, self._search, texts, topk, self._lane.helpers)
+            scores, ids = await loop.run_in_executor(self.lane.executor, self._search, texts, topk, self.lane.helpers)
         except Exception as exc:  # one failed batch fails only its own requests
             log.exception("batch of %d queries failed", len(texts))
             self._fail(jobs, f"search failed: {type(exc).__name__}: {exc}")

@@ -47,6 +47,7 @@ from app.backends import Encoder, VectorIndex
 from app.batcher import MicroBatcher, PerRequestRunner, Scheduler
 from app.corpus import CorpusStore
 from app.errors import LoadError, NotReady
+from app.lanes import ComputeLane
 from app.schemas import RequestLimits
 from app.service import Retriever, Status, load, warm_up
 from app.settings import Settings
@@ -102,6 +103,11 @@ class Engine:
     def ready(self) -> bool:
         """Serving searches: loaded, the scheduler running, and not shutting down."""
         return self.status.state == "ready" and self._scheduler is not None
+
+    @property
+    def lane(self) -> ComputeLane | None:
+        """The compute lane batches run on (None before serving, or with batching off)."""
+        return self._scheduler.lane if isinstance(self._scheduler, MicroBatcher) else None
 
     def on_load_failed(self, listener: Callable[[str], None]) -> None:
         """Call `listener(message)` (on the event loop) if loading fails; the server exits on it."""

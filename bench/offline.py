@@ -1,10 +1,10 @@
 """The offline limit: the server's own encoder and index, in one process, no HTTP, batch sizes 1..512.
 
-Loads the index exactly as `retriever serve` does (app.service.load, same settings and environment),
-then encodes and searches the fixed query set in consecutive batches of each size, in two layouts:
+Loads the index exactly as `retriever serve` does (an app.engine.Engine from the same settings and
+environment), then encodes and searches the fixed query set in consecutive batches of each size, in two layouts:
 - `threads`: the libraries' own multi-threading (torch and FAISS OpenMP teams over every core);
-- `lane`: the batching server's layout (app.lanes.ComputeLane: one single-threaded thread per
-  core sharing each batch).
+- `lane`: the batching server's layout (the engine's own app.lanes.ComputeLane: one
+  single-threaded thread per core sharing each batch).
 Each (layout, size) is measured in three windows; its queries/s is the median window, robust to
 bursts of load from other processes. The sweep's best (layout, size) is the offline limit; the
 faster lone query of the two layouts is the latency a lone caller is compared with.
@@ -16,6 +16,7 @@ loaded and answers JSON-line commands, so bench/run.py can re-measure the limit 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -87,19 +88,32 @@ class OfflineBench:
     """The server's retriever loaded in this process, measured without HTTP."""
 
     def __init__(self, index_dir: Path) -> None:
-        from app.lanes import ComputeLane, available_cores
-        from app.service import Status, load
+        from app.engine import Engine
+        from app.lanes import available_cores
         from app.settings import Settings
 
         started = time.perf_counter()
         self.index_dir = index_dir
-        self.retriever = load(Settings(index_dir=index_dir, data_dir=DATA_DIR), Status())
+        self.engine = Engine(Settings(index_dir=index_dir, data_dir=DATA_DIR))
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self._start())
+        self.retriever = self.engine.retriever
+        self.lane = self.engine.lane
+        if self.retriever is None or self.lane is None:
+            raise RuntimeError("the engine serves without a batching lane: unset RETRIEVER_BATCHING")
         self.load_s = time.perf_counter() - started
         self.queries = bench_queries()
         self.retriever.index.touch_pages()  # a warm page cache, as a server that has run for a while has
         self.retriever.encoder.encode(self.queries[:8])  # first call initialises thread pools
-        self.lane = ComputeLane()
         self.cores = available_cores()
+
+    async def _start(self) -> None:
+        await self.engine.start()
+        await self.engine.wait_ready()
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.engine.stop())
+        self.loop.close()
 
     def measure(self, layout: str, batch_size: int, min_seconds: float, max_seconds: float = 25.0) -> dict[str, Any]:
         import torch
@@ -155,7 +169,7 @@ def serve(bench: OfflineBench) -> None:
         else:
             break
         print(json.dumps(answer), flush=True)
-    bench.lane.shutdown()
+    bench.close()
 
 
 def main() -> None:
@@ -174,7 +188,7 @@ def main() -> None:
         parser.error("pass --json OUT or --serve")
     sizes = tuple(int(size) for size in args.batch_sizes.split(","))
     result = bench.sweep(sizes, args.min_seconds)
-    bench.lane.shutdown()
+    bench.close()
     args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
