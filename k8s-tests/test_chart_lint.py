@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import CHART, CI_VALUES, ci_id, helm, render, render_error
 
-# The scenarios issue 5 asks the ci values to cover; deleting one of them must fail the suite.
+# The deployment scenarios the ci values must cover; deleting one of them must fail the suite.
 REQUIRED_CI = {
     "defaults",
     "pvc",

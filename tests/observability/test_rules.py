@@ -14,7 +14,7 @@ import yaml
 RULES = h.load_rules()
 ALERTS = [r for r in RULES if "alert" in r]
 RECORDS = [r for r in RULES if "record" in r]
-# The alerts issue 6 asks for, by what they watch.
+# The alerts an operator needs, by what they watch.
 REQUIRED_ALERTS = {
     "RetrieverHighLatencyP99": "p99 latency",
     "RetrieverHighErrorRatio": "error ratio",
