@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,21 @@ MIN_TEXTS_PER_THREAD = 4
 # at most ~100, then [UNK]), so cutting each text to this many characters per token first changes
 # nothing for real text and bounds the work.
 CHARS_PER_TOKEN = 20
+
+
+def encode_split(inputs: list[str], encode: Callable[[list[str]], np.ndarray], helpers: Helpers | None) -> np.ndarray:
+    """`encode(inputs)`, with a large batch dealt out by length to the lane's helper threads."""
+    parts = min(helpers.count + 1, len(inputs) // MIN_TEXTS_PER_THREAD) if helpers else 1
+    if helpers is None or parts < 2:
+        return encode(inputs)
+    # Deal the texts out by length, so every thread gets a like share of tokens.
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    groups = [order[start::parts] for start in range(parts)]
+    encoded = helpers.map(lambda rows: encode([inputs[i] for i in rows]), groups)
+    vectors = np.empty((len(inputs), encoded[0].shape[1]), dtype=np.float32)
+    for rows, part in zip(groups, encoded, strict=True):
+        vectors[rows] = part
+    return vectors
 
 
 class EncoderError(RetrieverError):
@@ -111,17 +127,7 @@ class SentenceTransformerEncoder:
         """Embeddings of `texts`, in order. With `helpers`, a large batch is split between threads."""
         prefix, limit = self.config.prefix, self.max_length * CHARS_PER_TOKEN
         inputs = [prefix + text[:limit] for text in texts]
-        parts = min(helpers.count + 1, len(inputs) // MIN_TEXTS_PER_THREAD) if helpers else 1
-        if helpers is None or parts < 2:
-            return self._encode(inputs)
-        # Deal the texts out by length, so every thread gets a like share of tokens.
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-        groups = [order[start::parts] for start in range(parts)]
-        encoded = helpers.map(lambda rows: self._encode([inputs[i] for i in rows]), groups)
-        vectors = np.empty((len(inputs), encoded[0].shape[1]), dtype=np.float32)
-        for rows, part in zip(groups, encoded, strict=True):
-            vectors[rows] = part
-        return vectors
+        return encode_split(inputs, self._encode, helpers)
 
     def _encode(self, inputs: list[str]) -> np.ndarray:
         vectors = self.model.encode(
