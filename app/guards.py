@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -14,6 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import metrics
 from app.errors import RetrieverError
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class GuardError(RetrieverError):
@@ -133,11 +137,55 @@ def load_tokens(settings: Settings) -> list[bytes]:
     return [t.strip().encode() for t in tokens if t.strip()]
 
 
+class TokenSource:
+    """The configured tokens, re-read when the tokens file changes (a rotated Secret), no restart.
+
+    The file is looked at (one stat) at most once per `check_interval_s`. A change that leaves the
+    file unusable (empty while being rewritten, unreadable) keeps the previous tokens: never fall
+    back to no authentication. Kubernetes updates a mounted Secret by swapping a symlink, which
+    changes the inode that `stat` follows."""
+
+    def __init__(self, settings: Settings, check_interval_s: float = 1.0) -> None:
+        self.settings, self.check_interval_s = settings, check_interval_s
+        self.tokens = load_tokens(settings)
+        self._file = Path(settings.auth_tokens_file) if settings.auth_tokens_file is not None else None
+        self._seen = self._signature()
+        self._checked_at = time.monotonic()
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        if self._file is None:
+            return None
+        try:
+            stat = self._file.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+    def current(self) -> list[bytes]:
+        if self._file is None or time.monotonic() - self._checked_at < self.check_interval_s:
+            return self.tokens
+        self._checked_at = time.monotonic()
+        signature = self._signature()
+        if signature is None or signature == self._seen:
+            return self.tokens
+        try:
+            tokens = load_tokens(self.settings)
+        except GuardError as exc:
+            log.warning("auth tokens file changed but is not usable, keeping the previous tokens: %s", exc)
+            metrics.TOKEN_RELOADS.labels("failed").inc()
+            return self.tokens
+        self._seen, self.tokens = signature, tokens
+        log.info("auth tokens re-read from %s: %d tokens", self._file, len(tokens))
+        metrics.TOKEN_RELOADS.labels("ok").inc()
+        return tokens
+
+
 class AuthMiddleware:
     """Bearer tokens compared in constant time; 401 says no more than that a token is needed."""
 
-    def __init__(self, app: ASGIApp, tokens: list[bytes], open_paths: set[str]) -> None:
-        self.app, self.tokens, self.open_paths = app, tokens, open_paths
+    def __init__(self, app: ASGIApp, tokens: list[bytes] | TokenSource, open_paths: set[str]) -> None:
+        self.app, self.open_paths = app, open_paths
+        self._tokens = tokens.current if isinstance(tokens, TokenSource) else lambda: tokens
 
     def _authorised(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", []):
@@ -147,7 +195,7 @@ class AuthMiddleware:
                     return False
                 presented = presented.strip()
                 # Compare against every token (no early exit), so timing says nothing about which matched.
-                matches = [hmac.compare_digest(presented, token) for token in self.tokens]
+                matches = [hmac.compare_digest(presented, token) for token in self._tokens()]
                 return any(matches)
         return False
 

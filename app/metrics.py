@@ -36,6 +36,9 @@ STAGE_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 REJECTIONS = Counter("retriever_rejections_total", "Refused requests by reason.", ["reason"])
+TOKEN_RELOADS = Counter(
+    "retriever_auth_token_reloads_total", "Re-reads of a changed auth tokens file, by outcome.", ["outcome"]
+)
 REJECTION_REASONS = (
     "queue_full", "too_many_queries", "topk", "body_too_large", "body_timeout", "invalid", "unauthorized", "not_ready",
 )  # fmt: skip
