@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from app.http_protocol import header_timeout_protocol
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def _uvicorn_config(settings: Settings, app: ASGIApplication | str = "app.api:cr
         log_level=settings.log_level.lower(),
         limit_concurrency=settings.limit_concurrency,
         timeout_keep_alive=settings.timeout_keep_alive_s,
+        http=header_timeout_protocol(settings.header_read_timeout_s) or "auto",
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
         access_log=settings.log_level.lower() == "debug",
     )

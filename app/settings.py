@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="critical, error, warning, info, debug.")
     limit_concurrency: int | None = Field(None, ge=1, description="uvicorn: connections+tasks before 503.")
     reload: bool = Field(False, description="Restart on code changes (development only).")
+    header_read_timeout_s: float = Field(
+        10.0, ge=0, description="Most seconds to receive a request's headers, else the connection closes (0: off)."
+    )
     timeout_keep_alive_s: int = Field(30, ge=1, description="Idle keep-alive connection timeout.")
     graceful_timeout_s: float = Field(30.0, ge=0, description="Time to finish in-flight work on SIGTERM.")
     shutdown_delay_s: float = Field(0.0, ge=0, description="Keep admitting for this long after SIGTERM.")
