@@ -25,7 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app import __version__, metrics
 from app.engine import Engine
 from app.errors import BadRequest, BatchFailed, NotReady, Overloaded, ServingError
-from app.guards import AuthMiddleware, BodyLimitMiddleware, load_tokens
+from app.guards import AuthMiddleware, BodyLimitMiddleware, TokenSource
 from app.schemas import RetrieveRequest, RetrieveResponse, error_response, render_retrieve_response
 from app.settings import Settings
 
@@ -192,6 +192,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics.mark_started()
     await engine.start()
     sampler = asyncio.create_task(_sample_process_forever())
+    if engine.settings.load_before_serving:
+        # uvicorn accepts connections only after this returns: clients wait in the listen backlog
+        # (or go to the other workers) instead of meeting a loading worker's 503.
+        with contextlib.suppress(Exception):  # a failed load is reported by the engine's listeners
+            await engine.wait_ready()
     yield
     sampler.cancel()
     await engine.stop()
@@ -227,8 +232,8 @@ def build_app(engine: Engine | Settings | None = None) -> FastAPI:
         excluded_handlers=["/metrics", "/health", "/livez"],
     ).instrument(app, latency_lowr_buckets=metrics.LATENCY_BUCKETS)
 
-    tokens = load_tokens(settings)
-    if tokens:
+    tokens = TokenSource(settings)
+    if tokens.tokens:
         open_paths = {p.strip() for p in settings.auth_open_paths.split(",") if p.strip()}
         app.add_middleware(AuthMiddleware, tokens=tokens, open_paths=open_paths)
     if settings.cors_origins.strip():

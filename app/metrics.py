@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from app.supervisor_state import RESTART_REASONS, read_restart_counts
 
 # 1 ms .. 30 s: fine enough to tell a 5 ms answer from a 90 ms one.
 LATENCY_BUCKETS = (
@@ -58,11 +62,13 @@ INFO = Gauge(
     multiprocess_mode="max",
 )
 RSS_BYTES = Gauge(
-    "retriever_process_resident_memory_bytes", "Resident memory per worker process.", multiprocess_mode="all"
+    "retriever_process_resident_memory_bytes", "Resident memory per worker process.", multiprocess_mode="liveall"
 )
-PSS_BYTES = Gauge("retriever_process_pss_bytes", "Proportional set size per worker process.", multiprocess_mode="all")
-CPU_SECONDS = Gauge("retriever_process_cpu_seconds", "CPU seconds used per worker.", multiprocess_mode="all")
-START_TIME = Gauge("retriever_process_start_time_seconds", "Worker start time (unix).", multiprocess_mode="all")
+PSS_BYTES = Gauge(
+    "retriever_process_pss_bytes", "Proportional set size per worker process.", multiprocess_mode="liveall"
+)
+CPU_SECONDS = Gauge("retriever_process_cpu_seconds", "CPU seconds used per worker.", multiprocess_mode="liveall")
+START_TIME = Gauge("retriever_process_start_time_seconds", "Worker start time (unix).", multiprocess_mode="liveall")
 
 
 def read_memory() -> dict[str, int]:
@@ -99,7 +105,21 @@ def render_latest() -> bytes:
         return generate_latest(REGISTRY)
     registry = CollectorRegistry()
     prom_multiprocess.MultiProcessCollector(registry)
+    registry.register(SupervisorCollector())
     return generate_latest(registry)
+
+
+class SupervisorCollector:
+    """Worker restarts counted by the supervisor (see `app.supervisor_state`)."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "retriever_worker_restarts", "Workers replaced by the supervisor, by reason.", labels=["reason"]
+        )
+        counts = read_restart_counts(multiproc_dir())
+        for reason in RESTART_REASONS:
+            family.add_metric([reason], counts.get(reason, 0))
+        yield family
 
 
 def multiproc_dir() -> str | None:

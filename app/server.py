@@ -23,13 +23,17 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import uvicorn
+from prometheus_client import multiprocess as prom_multiprocess
 
 from app.http_protocol import header_timeout_protocol
 from app.settings import Settings
+from app.supervisor_state import RESTART_REASONS, write_restart_counts
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIApplication
@@ -68,6 +72,7 @@ class RetrieverServer(uvicorn.Server):
         self.shutdown_delay_s = shutdown_delay_s
         self.exit_code = 0
         self._draining = False
+        self.heartbeat_path: str | None = None  # touched every second when a supervisor watches
         engine.on_load_failed(lambda _message: self.request_exit(EXIT_LOAD_FAILED))
 
     def request_exit(self, code: int) -> None:
@@ -95,6 +100,13 @@ class RetrieverServer(uvicorn.Server):
     def _stop_admitting(self) -> None:
         self.should_exit = True
 
+    async def on_tick(self, counter: int) -> bool:
+        # uvicorn calls this every 0.1 s on the event loop: a beat proves the loop still runs.
+        if self.heartbeat_path is not None and counter % 10 == 0:
+            with contextlib.suppress(OSError):
+                Path(self.heartbeat_path).touch()
+        return await super().on_tick(counter)
+
 
 def _uvicorn_config(settings: Settings, app: ASGIApplication | str = "app.api:create_app") -> uvicorn.Config:
     return uvicorn.Config(
@@ -108,27 +120,31 @@ def _uvicorn_config(settings: Settings, app: ASGIApplication | str = "app.api:cr
         http=header_timeout_protocol(settings.header_read_timeout_s) or "auto",
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
         access_log=settings.log_level.lower() == "debug",
+        limit_max_requests=settings.limit_max_requests,
+        # Workers started together would otherwise all recycle at once.
+        limit_max_requests_jitter=(settings.limit_max_requests or 0) // 10,
     )
 
 
-def _run_worker(settings: Settings, sock: socket.socket | None) -> int:
+def _run_worker(settings: Settings, sock: socket.socket | None, heartbeat_path: str | None = None) -> int:
     # Imported here, in the worker: the supervisor never imports the app (nor torch, FAISS, metrics).
     from app.api import build_app
     from app.engine import Engine
 
     engine = Engine(settings)
     server = RetrieverServer(_uvicorn_config(settings, build_app(engine)), engine, settings.shutdown_delay_s)
+    server.heartbeat_path = heartbeat_path
     server.run(sockets=[sock] if sock is not None else None)
     if server.exit_code == 0 and not server.started:
         return EXIT_LOAD_FAILED  # could not bind or start up
     return server.exit_code
 
 
-def _worker_main(settings: Settings, sock: socket.socket) -> None:
+def _worker_main(settings: Settings, sock: socket.socket, heartbeat_path: str) -> None:
     # Move everything inherited from the fork server to the permanent generation (O(1)): the
     # collector will never scan those objects, so their pages stay shared with the other workers.
     gc.freeze()
-    sys.exit(_run_worker(settings, sock))
+    sys.exit(_run_worker(settings, sock, heartbeat_path))
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -140,7 +156,7 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _prepare_metrics_dir(workers: int) -> str | None:
+def _prepare_metrics_dir(in_process: bool) -> str | None:
     """Prometheus multiprocess mode needs a directory shared by the workers, empty at start.
 
     One worker keeps its metrics in memory: it runs in this process, where prometheus_client was
@@ -155,7 +171,7 @@ def _prepare_metrics_dir(workers: int) -> str | None:
             if name.endswith(".db"):
                 os.unlink(os.path.join(configured, name))
         return None
-    if workers == 1:
+    if in_process:
         return None
     created = tempfile.mkdtemp(prefix="retriever-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
@@ -163,17 +179,32 @@ def _prepare_metrics_dir(workers: int) -> str | None:
 
 
 def serve(settings: Settings) -> int:
-    created_dir = _prepare_metrics_dir(1 if settings.reload else settings.workers)
+    # One worker runs in this process, unless it is recycled (then the supervisor replaces it).
+    in_process = settings.reload or (settings.workers == 1 and not settings.limit_max_requests)
+    created_dir = _prepare_metrics_dir(in_process)
     try:
         if settings.reload:
             uvicorn.run("app.api:create_app", factory=True, host=settings.host, port=settings.port, reload=True)
             return 0
-        if settings.workers == 1:
+        if in_process:
             return _run_worker(settings, None)
         return _supervise(settings)
     finally:
         if created_dir:
             shutil.rmtree(created_dir, ignore_errors=True)
+
+
+@dataclass
+class Worker:
+    process: multiprocessing.process.BaseProcess
+    heartbeat: str  # touched by the worker's event loop every second
+
+    def silent_for(self) -> float | None:
+        """Seconds since the last heartbeat; None before the first (the worker is still starting)."""
+        try:
+            return time.time() - os.stat(self.heartbeat).st_mtime
+        except OSError:
+            return None
 
 
 def _supervise(settings: Settings) -> int:
@@ -191,30 +222,65 @@ def _supervise(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
 
-    def spawn() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker_main, args=(settings, sock), name="retriever-worker")
-        process.start()
-        return process
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    heartbeat_dir = tempfile.mkdtemp(prefix="retriever-heartbeat-")
+    restarts = dict.fromkeys(RESTART_REASONS, 0)
+    write_restart_counts(metrics_dir, restarts)
+    spawned = 0
 
-    workers = [spawn() for _ in range(settings.workers)]
-    log.info("supervisor %d: %d workers %s", os.getpid(), len(workers), [w.pid for w in workers])
+    def spawn(replacement: bool = True) -> Worker:
+        nonlocal spawned
+        spawned += 1
+        heartbeat = os.path.join(heartbeat_dir, f"worker-{spawned}")
+        # The first workers accept while loading, to answer /health with progress; a replacement
+        # loads first, while the others (or the listen backlog) hold its share of the clients.
+        worker_settings = settings.model_copy(update={"load_before_serving": True}) if replacement else settings
+        process = context.Process(target=_worker_main, args=(worker_settings, sock, heartbeat), name="retriever-worker")
+        process.start()
+        return Worker(process, heartbeat)
+
+    def replace(i: int, reason: str) -> None:
+        old = workers[i]
+        if old.process.pid is not None:
+            # Its live gauges (in-flight, queue depth, memory) must leave the merged view with it.
+            prom_multiprocess.mark_process_dead(old.process.pid, metrics_dir)
+        with contextlib.suppress(OSError):
+            os.unlink(old.heartbeat)
+        restarts[reason] += 1
+        write_restart_counts(metrics_dir, restarts)
+        workers[i] = spawn()
+
+    workers = [spawn(replacement=False) for _ in range(settings.workers)]
+    log.info("supervisor %d: %d workers %s", os.getpid(), len(workers), [w.process.pid for w in workers])
     exit_code = 0
-    while not stopping.wait(0.5):
-        for i, worker in enumerate(workers):
-            if worker.is_alive():
-                continue
-            if worker.exitcode == EXIT_LOAD_FAILED:
-                log.error("worker %d could not load; stopping", worker.pid)
-                exit_code = EXIT_LOAD_FAILED
-                stopping.set()
-                break
-            log.warning("worker %d exited with %s; restarting it", worker.pid, worker.exitcode)
-            workers[i] = spawn()
+    try:
+        while not stopping.wait(0.5):
+            for i, worker in enumerate(workers):
+                if not worker.process.is_alive():
+                    if worker.process.exitcode == EXIT_LOAD_FAILED:
+                        log.error("worker %d could not load; stopping", worker.process.pid)
+                        exit_code = EXIT_LOAD_FAILED
+                        stopping.set()
+                        break
+                    recycled = worker.process.exitcode == 0 and settings.limit_max_requests
+                    log.warning("worker %d exited with %s; restarting it", worker.process.pid, worker.process.exitcode)
+                    replace(i, "recycled" if recycled else "exited")
+                elif (silent_s := worker.silent_for()) is not None and silent_s > settings.heartbeat_timeout_s:
+                    log.error(
+                        "worker %d sent no heartbeat for %.1f s (hung: stopped, deadlocked or stuck); killing it",
+                        worker.process.pid,
+                        silent_s,
+                    )
+                    worker.process.kill()
+                    worker.process.join(10)
+                    replace(i, "hung")
+    finally:
+        shutil.rmtree(heartbeat_dir, ignore_errors=True)
     for worker in workers:
-        if worker.is_alive() and worker.pid is not None:
-            os.kill(worker.pid, signal.SIGTERM)
+        if worker.process.is_alive() and worker.process.pid is not None:
+            os.kill(worker.process.pid, signal.SIGTERM)
     deadline = time.monotonic() + settings.shutdown_delay_s + settings.graceful_timeout_s + 10
-    for worker in workers:
+    for worker in (w.process for w in workers):
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
             log.error("worker %d did not stop in time; killing it", worker.pid)

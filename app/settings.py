@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     header_read_timeout_s: float = Field(
         10.0, ge=0, description="Most seconds to receive a request's headers, else the connection closes (0: off)."
     )
+    limit_max_requests: int | None = Field(
+        None, ge=1, description="Recycle a worker after about this many requests (in-flight ones finish first)."
+    )
+    load_before_serving: bool = Field(
+        False, description="Load before accepting connections (the supervisor sets it for replacement workers)."
+    )
+    heartbeat_timeout_s: float = Field(
+        30.0, gt=0, description="Kill and replace a worker whose event loop has not beaten for this long."
+    )
     timeout_keep_alive_s: int = Field(30, ge=1, description="Idle keep-alive connection timeout.")
     graceful_timeout_s: float = Field(30.0, ge=0, description="Time to finish in-flight work on SIGTERM.")
     shutdown_delay_s: float = Field(0.0, ge=0, description="Keep admitting for this long after SIGTERM.")
