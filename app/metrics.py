@@ -67,17 +67,27 @@ RSS_BYTES = Gauge(
 PSS_BYTES = Gauge(
     "retriever_process_pss_bytes", "Proportional set size per worker process.", multiprocess_mode="liveall"
 )
+ANON_BYTES = Gauge(
+    "retriever_process_anonymous_memory_bytes",
+    "Anonymous memory per worker (proportional share): what a memory limit must hold, never reclaimable.",
+    multiprocess_mode="liveall",
+)
+FILE_MAPPED_BYTES = Gauge(
+    "retriever_process_file_mapped_bytes",
+    "File pages mapped per worker (proportional share): the mapped index and corpus, reclaimable page cache.",
+    multiprocess_mode="liveall",
+)
 CPU_SECONDS = Gauge("retriever_process_cpu_seconds", "CPU seconds used per worker.", multiprocess_mode="liveall")
 START_TIME = Gauge("retriever_process_start_time_seconds", "Worker start time (unix).", multiprocess_mode="liveall")
 
 
 def read_memory() -> dict[str, int]:
-    """RSS and PSS of this process in bytes, from /proc/self/smaps_rollup."""
+    """RSS, PSS and PSS split into anonymous and file pages, in bytes, from /proc/self/smaps_rollup."""
     values: dict[str, int] = {}
     try:
         for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
             key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss"):
+            if key in ("Rss", "Pss", "Pss_Anon", "Pss_File"):
                 values[key.lower()] = int(rest.split()[0]) * 1024
     except OSError:
         pass
@@ -90,6 +100,9 @@ def sample_process() -> None:
         RSS_BYTES.set(memory["rss"])
     if "pss" in memory:
         PSS_BYTES.set(memory["pss"])
+    if "pss_anon" in memory:
+        ANON_BYTES.set(memory["pss_anon"])
+        FILE_MAPPED_BYTES.set(memory.get("pss_file", 0))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     CPU_SECONDS.set(usage.ru_utime + usage.ru_stime)
 

@@ -447,8 +447,9 @@ def retriever_dashboard() -> Json:
     lay.add(
         "timeseries",
         "Memory against request and limit",
-        "Per pod: PSS (shared index pages counted once) and RSS summed over worker processes, against "
-        "the container's memory request and limit (kube-state-metrics).",
+        "Per pod: anonymous memory (what the limit must hold; the memory alert watches it), mapped file "
+        "pages (index and corpus, page cache the kernel reclaims), PSS (shared pages counted once) and "
+        "RSS summed over worker processes, against the container's memory request and limit.",
         "bytes",
         [
             target(f"sum by (pod) (retriever_process_pss_bytes{{{SEL}}})", "{{pod}} PSS", "A"),
@@ -463,6 +464,8 @@ def retriever_dashboard() -> Json:
                 "{{pod}} request",
                 "C",
             ),
+            target(f"sum by (pod) (retriever_process_anonymous_memory_bytes{{{SEL}}})", "{{pod}} anonymous", "E"),
+            target(f"sum by (pod) (retriever_process_file_mapped_bytes{{{SEL}}})", "{{pod}} mapped file pages", "F"),
             target(
                 f'max by (pod) (kube_pod_container_resource_limits{{{SEL}, resource="memory", container="retriever"}})',
                 "{{pod}} limit",
