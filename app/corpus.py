@@ -43,6 +43,10 @@ class CorpusError(RetrieverError):
 
 
 @dataclass
+class CorpusReadError(CorpusError):
+    """The store cannot be read now (file shrunk or unreadable): the requests that needed it fail."""
+
+
 class BadLine:
     line_no: int
     reason: str
@@ -198,6 +202,22 @@ class CorpusStore:
         start, end = int(self._offsets[index]), int(self._offsets[index + 1])
         assert self._map is not None
         return self._map[start:end]
+
+    def check_readable(self) -> None:
+        """Raise CorpusReadError when the rows file no longer holds what the offsets promise.
+
+        Called before rendering a batch: touching a page of the mapping past the end of a file that
+        shrank underneath it kills the process with SIGBUS, where this check (one fstat) turns it
+        into an error for the requests at hand. It clears by itself once the file is whole again."""
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+        except OSError as exc:
+            raise CorpusReadError(f"{self.directory / ROWS_FILE}: cannot be read ({exc.strerror})") from None
+        if size < self.rows_bytes:
+            raise CorpusReadError(
+                f"{self.directory / ROWS_FILE}: the file shrank to {size} of {self.rows_bytes} bytes while serving "
+                "(disk replaced or file rewritten); the passages cannot be read"
+            )
 
     def row(self, index: int) -> dict[str, Any]:
         return json.loads(self.row_bytes(index))
