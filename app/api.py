@@ -24,7 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__, metrics
 from app.engine import Engine
-from app.errors import BadRequest, BatchFailed, NotReady, Overloaded, ServingError
+from app.errors import BadRequest, BatchFailed, NotReady, Overloaded, ServingError, StoreUnavailable
 from app.guards import AuthMiddleware, BodyLimitMiddleware, TokenSource
 from app.schemas import RetrieveRequest, RetrieveResponse, error_response, render_retrieve_response
 from app.settings import Settings
@@ -33,8 +33,14 @@ log = logging.getLogger(__name__)
 
 # Domain error -> HTTP status. Overloaded answers with `overload_status` (503 or 429) instead;
 # those in RETRY_LATER carry Retry-After: retry_after_s.
-ERROR_STATUS: dict[type[ServingError], int] = {NotReady: 503, Overloaded: 503, BadRequest: 422, BatchFailed: 500}
-RETRY_LATER: tuple[type[ServingError], ...] = (NotReady, Overloaded)
+ERROR_STATUS: dict[type[ServingError], int] = {
+    NotReady: 503,
+    Overloaded: 503,
+    BadRequest: 422,
+    BatchFailed: 500,
+    StoreUnavailable: 503,
+}
+RETRY_LATER: tuple[type[ServingError], ...] = (NotReady, Overloaded, StoreUnavailable)
 
 router = APIRouter()
 

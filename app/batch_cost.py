@@ -64,28 +64,30 @@ class BatchCostModel:
             return 0.0
         if cost.slope_known:
             return cost.fixed_s + cost.per_query_s * size
-        # Slope unknown: the observed batch time stands for any batch up to the observed size, and
-        # time grows in proportion beyond it (the cautious guess, as for an encoder-bound lane).
-        mean_x = self._x / self._w
-        return cost.fixed_s * max(1.0, size / max(mean_x, 1.0))
+        # Slope unknown: time in proportion to size (the cautious guess, as for an encoder-bound lane).
+        return cost.per_query_s * size
 
-    def estimated_wait_s(self, queued: int, incoming: int, max_batch: int, running: int = 0) -> float:
+    def estimated_wait_s(
+        self, queued: int, incoming: int, max_batch: int, running: int = 0, running_for_s: float = 0.0
+    ) -> float:
         """Seconds until `incoming` queries behind `queued` ones would be answered.
 
-        `running` queries are in the batch being computed now (counted as a whole batch: how far
-        it has got is unknown). Before the slope is known, the first queued batch is costed at the
-        observed batch time: one full batch after a quiet phase is how the model learns the slope.
+        `running` queries are in the batch being computed now, started `running_for_s` ago: what
+        is left of its modelled time counts. Before the slope is known, the first queued batch costs
+        at most the observed batch time: one full batch after a quiet phase is how the model learns
+        the slope.
         """
         cost = self.cost()
         if cost is None:
             return 0.0
         total = queued + incoming
-        wait = self.batch_seconds(running) if running else 0.0
+        wait = max(self.batch_seconds(running) - running_for_s, 0.0) if running else 0.0
         full, rest = divmod(total, max_batch)
         sizes = [max_batch] * full + ([rest] if rest else [])
         for position, size in enumerate(sizes):
             if position == 0 and not cost.slope_known:
-                wait += cost.fixed_s
+                # Proportional below the observed size, capped at the observed time above it.
+                wait += min(self.batch_seconds(size), cost.fixed_s)
             else:
                 wait += self.batch_seconds(size)
         return wait

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app import metrics
+from app.batch_cost import BatchCostModel
 from app.errors import BatchFailed, Overloaded
 from app.lanes import ComputeLane, Helpers
 
@@ -57,28 +58,39 @@ class _Job:
 class Scheduler:
     """Common admission accounting."""
 
-    def __init__(self, search: SearchFn, max_queue: int, max_queue_wait_s: float = 0.0) -> None:
+    def __init__(
+        self, search: SearchFn, max_queue: int, max_queue_wait_s: float = 0.0, max_batch_size: int = 1
+    ) -> None:
         self._search = search
         self.max_queue = max_queue
         self.max_queue_wait_s = max_queue_wait_s
-        self.queued_queries = 0
-        self._throughput_qps = 0.0  # smoothed queries/s of recent batches; 0 until one has run
+        self.max_batch_size = max_batch_size
+        self.queued_queries = 0  # waiting plus running
+        self.running_queries = 0  # in the batch being computed
+        self.running_since = 0.0  # perf_counter() when it started
+        self.batch_cost = BatchCostModel()  # batch time against batch size, learned from the batches run
 
-    def _observe_throughput(self, queries: int, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        rate = queries / seconds
-        self._throughput_qps = rate if not self._throughput_qps else 0.8 * self._throughput_qps + 0.2 * rate
+    def _observe_batch(self, queries: int, seconds: float) -> None:
+        self.batch_cost.observe(queries, seconds)
+
+    def estimated_wait_s(self, count: int) -> float:
+        """Seconds until `count` more queries would be answered, from the batches the queue would form."""
+        waiting = self.queued_queries - self.running_queries
+        running_for_s = time.perf_counter() - self.running_since if self.running_queries else 0.0
+        return self.batch_cost.estimated_wait_s(
+            waiting, count, self.max_batch_size, self.running_queries, running_for_s
+        )
 
     def _admit(self, count: int) -> None:
         if self.queued_queries + count > self.max_queue and self.queued_queries > 0:
             raise Overloaded(
                 f"overloaded: {self.queued_queries} queries already waiting (limit {self.max_queue}); retry later"
             )
-        if self.max_queue_wait_s and self.queued_queries > 0 and self._throughput_qps:
+        if self.max_queue_wait_s and self.queued_queries > 0:
             # A count alone cannot bound the wait: it depends on the machine and the index. Refuse
-            # when the work ahead would take longer than a client should wait (verl gives up at 30 s).
-            wait_s = (self.queued_queries + count) / self._throughput_qps
+            # when the work ahead would take longer than a client should wait (verl gives up at 30 s),
+            # costing it as the batches it will form (a Flat batch of 64 costs about what 1 does).
+            wait_s = self.estimated_wait_s(count)
             if wait_s > self.max_queue_wait_s:
                 raise Overloaded(
                     f"overloaded: about {wait_s:.1f} s of work already waiting "
@@ -111,8 +123,7 @@ class MicroBatcher(Scheduler):
         threads: int = 0,
         max_queue_wait_s: float = 0.0,
     ) -> None:
-        super().__init__(search, max_queue, max_queue_wait_s)
-        self.max_batch_size = max_batch_size
+        super().__init__(search, max_queue, max_queue_wait_s, max_batch_size)
         self.max_wait_s = max_wait_ms / 1000.0
         self._pending: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
@@ -198,6 +209,7 @@ class MicroBatcher(Scheduler):
         for job in jobs:
             metrics.STAGE_SECONDS.labels("queue_wait").observe(started - job.enqueued)
         metrics.BATCH_SIZE.observe(len(texts))
+        self.running_queries, self.running_since = len(texts), time.perf_counter()
         try:
             scores, ids = await loop.run_in_executor(self.lane.executor, self._search, texts, topk, self.lane.helpers)
         except Exception as exc:  # one failed batch fails only its own requests
@@ -208,9 +220,10 @@ class MicroBatcher(Scheduler):
             self._fail(jobs, "search failed: server is shutting down")
             raise
         finally:
+            self.running_queries = 0
             self._release(len(texts))
             self._last_size, self._last_compute_s = len(texts), time.perf_counter() - started
-            self._observe_throughput(len(texts), self._last_compute_s)
+            self._observe_batch(len(texts), self._last_compute_s)
         row = 0
         for job in jobs:
             count = len(job.queries)

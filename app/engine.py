@@ -45,12 +45,14 @@ import numpy as np
 from app import __version__, metrics
 from app.backends import Encoder, VectorIndex
 from app.batcher import MicroBatcher, PerRequestRunner, Scheduler
-from app.corpus import CorpusStore
-from app.errors import LoadError, NotReady
+from app.corpus import CorpusReadError, CorpusStore
+from app.errors import LoadError, NotReady, StoreUnavailable
 from app.lanes import ComputeLane
+from app.result_cache import ResultCache
 from app.schemas import RequestLimits
 from app.service import Retriever, Status, load, warm_up
 from app.settings import Settings
+from app.sharing import QuerySharing, Version
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,14 @@ class Engine:
         self._scheduler: Scheduler | None = None
         self._serving: asyncio.Task[None] | None = None
         self._failure_listeners: list[Callable[[str], None]] = []
+        self._sharing: QuerySharing | None = None
+        self._generation = 0  # bumped for every retriever installed: part of every cache key
+        cache = None
+        if self.settings.result_cache:
+            cache = ResultCache(
+                self.settings.result_cache_entries, self.settings.result_cache_bytes, metrics.RESULT_CACHE_EVICTIONS.inc
+            )
+        self.result_cache = cache
 
     @classmethod
     def from_parts(
@@ -198,6 +208,8 @@ class Engine:
             scheduler = PerRequestRunner(retriever.search, settings.per_request_threads, settings.max_queue)
         await scheduler.start()
         self._scheduler = scheduler
+        self._sharing = QuerySharing(scheduler.submit, self.result_cache, settings.dedup_queries)
+        self._generation += 1
         status = self.status
         status.stage, status.progress = "serving", 1.0
         status.ready_after_s = time.time() - status.started_at
@@ -213,18 +225,40 @@ class Engine:
     async def search(self, queries: list[str], topk: int | None) -> SearchResult:
         """Top `topk` rows per query (None or 0: the default). Raises NotReady, BadRequest
         (limits, invalid text), Overloaded (refused at admission) or BatchFailed."""
-        retriever, scheduler = self._retriever, self._scheduler
-        if retriever is None or scheduler is None:
+        retriever, sharing = self._retriever, self._sharing
+        if retriever is None or sharing is None:
             raise NotReady(self._not_ready_detail())
         topk = self.limits.check(queries, topk)
         self.inflight += 1
         metrics.INFLIGHT.set(self.inflight)
         try:
-            scores, ids = await scheduler.submit(queries, topk)
+            version = Version(f"{retriever.version}#{self._generation}", retriever.encoder.name)
+            scores, ids = await sharing.search(queries, topk, version)
         finally:
             self.inflight -= 1
             metrics.INFLIGHT.set(self.inflight)
+        try:
+            retriever.corpus.check_readable()
+        except CorpusReadError as exc:
+            raise StoreUnavailable(str(exc)) from None
         return SearchResult(scores, ids, retriever.corpus)
+
+    def _result_cache_info(self) -> dict[str, Any]:
+        cache = self.result_cache
+        if cache is None:
+            return {"enabled": False}
+        looked_up = cache.stats.hits + cache.stats.misses
+        return {
+            "enabled": True,
+            "entries": len(cache),
+            "bytes": cache.bytes,
+            "max_entries": cache.max_entries,
+            "max_bytes": cache.max_bytes,
+            "hits": cache.stats.hits,
+            "misses": cache.stats.misses,
+            "evictions": cache.stats.evictions,
+            "hit_rate": round(cache.stats.hits / looked_up, 4) if looked_up else None,
+        }
 
     def _not_ready_detail(self) -> str:
         status = self.status
@@ -261,6 +295,8 @@ class Engine:
                 "max_body_bytes": settings.max_body_bytes,
                 "max_query_tokens": retriever.encoder.max_length,
             },
+            "result_cache": self._result_cache_info(),
+            "dedup_queries": settings.dedup_queries,
             "warmup": {"state": status.warmup, "progress": round(status.warmup_progress, 3)},
             "pid": os.getpid(),
         }

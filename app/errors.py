@@ -51,3 +51,9 @@ class BadRequest(ServingError):
 
 class BatchFailed(ServingError):
     """The batch holding this request failed; only its own requests see this."""
+
+
+class StoreUnavailable(ServingError):
+    """The corpus store cannot be read right now (the file shrank or went away): retry later."""
+
+    reason = "store_unavailable"

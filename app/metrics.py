@@ -40,12 +40,28 @@ STAGE_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 REJECTIONS = Counter("retriever_rejections_total", "Refused requests by reason.", ["reason"])
+RESULT_CACHE_LOOKUPS = Counter(
+    "retriever_result_cache_lookups_total", "Result cache lookups by result (hit, miss).", ["result"]
+)
+for _result in ("hit", "miss"):
+    RESULT_CACHE_LOOKUPS.labels(_result)
+RESULT_CACHE_EVICTIONS = Counter("retriever_result_cache_evictions_total", "Answers evicted from the result cache.")
+RESULT_CACHE_ENTRIES = Gauge(
+    "retriever_result_cache_entries", "Answers held in the result cache.", multiprocess_mode="livesum"
+)
+RESULT_CACHE_BYTES = Gauge(
+    "retriever_result_cache_bytes", "Bytes held by the result cache.", multiprocess_mode="livesum"
+)
+DEDUPLICATED_QUERIES = Counter(
+    "retriever_deduplicated_queries_total",
+    "Queries answered by joining an identical query already being computed (not computed again).",
+)
 TOKEN_RELOADS = Counter(
     "retriever_auth_token_reloads_total", "Re-reads of a changed auth tokens file, by outcome.", ["outcome"]
 )
 REJECTION_REASONS = (
     "queue_full", "too_many_queries", "topk", "body_too_large", "body_timeout", "invalid", "unauthorized", "not_ready",
-    "header_timeout",
+    "header_timeout", "store_unavailable",
 )  # fmt: skip
 for _reason in REJECTION_REASONS:
     REJECTIONS.labels(_reason)  # exported as 0 from the start, so rate() sees the first refusal

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,13 +37,14 @@ class CacheStats:
 class ResultCache:
     """LRU bounded both in entries and in bytes. Used from the event loop only (no lock needed)."""
 
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int, on_evict: Callable[[int], object] | None = None) -> None:
         if max_entries < 1 or max_bytes < 1:
             raise ValueError("a result cache needs room for at least one entry and one byte")
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self._entries: OrderedDict[CacheKey, tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
         self.bytes = 0
         self.stats = CacheStats()
+        self._on_evict = on_evict  # told how many answers each put evicted (the metrics counter)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -67,10 +69,15 @@ class ResultCache:
             self.bytes -= previous[2]
         self._entries[key] = (scores, ids, size)
         self.bytes += size
+        evicted = 0
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-            _, (_, _, evicted) = self._entries.popitem(last=False)
-            self.bytes -= evicted
-            self.stats.evictions += 1
+            _, (_, _, freed) = self._entries.popitem(last=False)
+            self.bytes -= freed
+            evicted += 1
+        if evicted:
+            self.stats.evictions += evicted
+            if self._on_evict is not None:
+                self._on_evict(evicted)
 
     def clear(self) -> None:
         self._entries.clear()

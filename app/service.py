@@ -73,8 +73,10 @@ class Sources:
 class Retriever:
     """What a search needs: the encoder and index backends, and the corpus rows the ids point to."""
 
-    def __init__(self, encoder: Encoder, index: VectorIndex, corpus: CorpusStore) -> None:
+    def __init__(self, encoder: Encoder, index: VectorIndex, corpus: CorpusStore, version: str = "") -> None:
         self.encoder, self.index, self.corpus = encoder, index, corpus
+        # Which index this is (the manifest's checksum of the index file, else its size and mtime).
+        self.version = version or f"{index.type_name}:{index.count}"
 
     def search(self, queries: list[str], topk: int, helpers: Helpers | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Encode and search one batch; in a batching lane both stages share it with `helpers`."""
@@ -127,6 +129,15 @@ def open_index(spec: IndexSpec) -> VectorIndex:
     return index
 
 
+def index_version(sources: Sources) -> str:
+    """The manifest's checksum of the index file, else the file's size and modification time."""
+    record = sources.manifest.files.get(INDEX_FILE) if sources.manifest is not None else None
+    if record is not None and record.sha256:
+        return f"sha256:{record.sha256[:16]}"
+    stat = sources.index_path.stat()
+    return f"file:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def load(settings: Settings, status: Status) -> Retriever:
     sources = resolve_sources(settings, status)
     manifest = sources.manifest
@@ -157,7 +168,7 @@ def load(settings: Settings, status: Status) -> Retriever:
             f"{sources.corpus_dir}: corpus has {corpus.count} rows but the index {sources.index_path} "
             f"has {index.count} vectors; they must match row for row"
         )
-    retriever = Retriever(encoder, index, corpus)
+    retriever = Retriever(encoder, index, corpus, index_version(sources))
     status.set_stage("self-test query")
     if not index.self_test(encoder.encode(["health check"])):
         raise LoadError(f"{sources.index_path}: self-test query returned no result")

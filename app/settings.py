@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     normalize: bool | None = Field(None, description="L2-normalise query embeddings (default: manifest).")
     max_length: int | None = Field(None, ge=8, description="Tokens per query; longer queries are truncated.")
     device: str = Field("cpu", description="Torch device: cpu, cuda, cuda:1.")
+    encoder_runtime: Literal["torch", "onnx", "openvino"] = Field(
+        "torch",
+        description="Encoder runtime: torch, or onnx / openvino over the export in the index directory "
+        "(`retriever export-onnx INDEX_DIR` makes it; same embeddings, about half torch's CPU per query).",
+    )
     allow_download: bool = Field(False, description="Let the model loader reach a hub (off: offline only).")
     threads: int = Field(0, ge=0, description="Torch and FAISS threads per worker (0: all cores).")
 
@@ -45,6 +50,15 @@ class Settings(BaseSettings):
 
     # -- batching and admission
     batching: bool = Field(True, description="Coalesce concurrent requests into shared batches.")
+    dedup_queries: bool = Field(
+        True, description="Compute identical queries once: within a request and joining one already in flight."
+    )
+    result_cache: bool = Field(
+        False,
+        description="Keep recent answers (keyed by index version, model, query, topk) for repeated searches.",
+    )
+    result_cache_entries: int = Field(100_000, ge=1, description="Most answers the result cache holds.")
+    result_cache_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Most bytes the result cache holds.")
     max_batch_size: int = Field(256, ge=1, description="Most queries in one encoder/FAISS batch.")
     max_wait_ms: float = Field(0.0, ge=0, description="Extra wait for more queries when a batch is not full.")
     max_queue: int = Field(4096, ge=1, description="Most queries waiting; beyond it requests are refused.")

@@ -85,3 +85,12 @@ def test_nonsense_timings_are_ignored(seconds: float) -> None:
     model = BatchCostModel()
     model.observe(8, seconds)
     assert model.cost() is None
+
+
+def test_only_what_is_left_of_the_running_batch_counts() -> None:
+    model = trained(search_bound, [1, 8, 64, 128] * 5)
+    fresh = model.estimated_wait_s(queued=0, incoming=1, max_batch=256, running=128, running_for_s=0.0)
+    halfway = model.estimated_wait_s(queued=0, incoming=1, max_batch=256, running=128, running_for_s=0.25)
+    overdue = model.estimated_wait_s(queued=0, incoming=1, max_batch=256, running=128, running_for_s=60.0)
+    assert fresh - halfway == pytest.approx(0.25, rel=1e-6)
+    assert overdue == pytest.approx(model.estimated_wait_s(queued=0, incoming=1, max_batch=256))
