@@ -11,14 +11,18 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_fastapi_instrumentator import Instrumentator
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
@@ -28,6 +32,7 @@ from app.errors import BadRequest, BatchFailed, NotReady, Overloaded, ServingErr
 from app.guards import AuthMiddleware, BodyLimitMiddleware, TokenSource
 from app.schemas import RetrieveRequest, RetrieveResponse, error_response, render_retrieve_response
 from app.settings import Settings
+from app.supervisor_state import SUPERVISOR_PID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +165,10 @@ async def health(engine: EngineDep) -> JSONResponse:
     status = engine.status
     ready = engine.ready
     shown = "ready" if ready else ("loading" if status.state == "ready" else status.state)
-    return JSONResponse(status.as_dict() | {"status": shown}, 200 if ready else 503)
+    body = status.as_dict() | {"status": shown, "index_version": engine.serving_version}
+    if engine.last_reload is not None:
+        body["reload"] = engine.last_reload
+    return JSONResponse(body, 200 if ready else 503)
 
 
 @router.get("/livez")
@@ -175,6 +183,35 @@ async def get_info(engine: EngineDep) -> JSONResponse:
     if body is None:
         return JSONResponse({"version": __version__, "status": engine.status.as_dict()}, 503)
     return JSONResponse(body)
+
+
+class ReloadRequest(BaseModel):
+    index_dir: str | None = Field(
+        None, description="Index directory to serve next; default: the configured --index-dir again."
+    )
+
+
+@router.post("/admin/reload", status_code=202, responses={409: error_response("a reload is already running")})
+async def admin_reload(engine: EngineDep, request: ReloadRequest | None = None) -> JSONResponse:
+    """Hot swap: load an index directory in the background and serve it once it passes its self-test
+    (in-flight batches finish on the old one). With `--workers N`, every worker reloads (the
+    supervisor passes the signal on). Poll /health's `reload` and `index_version` for the outcome.
+    Needs a bearer token whenever authentication is on."""
+    target = Path(request.index_dir) if request is not None and request.index_dir else None
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor is not None and target is None:
+        os.kill(int(supervisor), signal.SIGHUP)  # every worker, this one included, reloads
+        return JSONResponse({"reloading": True, "workers": "all", "serving": engine.serving_version}, 202)
+    if supervisor is not None:
+        raise BadRequest(
+            "index_dir: with --workers N, point the configured --index-dir (a `current` link) at the new "
+            "directory and reload without a body, so that every worker serves the same index"
+        )
+    if not engine.reload(target):
+        return _error(409, "a reload is already running; poll /health for its outcome")
+    return JSONResponse(
+        {"reloading": True, "target": str(target or engine.settings.index_dir), "serving": engine.serving_version}, 202
+    )
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -198,6 +235,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics.mark_started()
     await engine.start()
     sampler = asyncio.create_task(_sample_process_forever())
+    # SIGHUP: reload the index (kill -HUP 1 in the pod; the supervisor passes it to every worker).
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, engine.reload)
     if engine.settings.load_before_serving:
         # uvicorn accepts connections only after this returns: clients wait in the listen backlog
         # (or go to the other workers) instead of meeting a loading worker's 503.

@@ -42,11 +42,11 @@ class CorpusError(RetrieverError):
     """A corpus file that cannot be used; the message names the file and the problem."""
 
 
-@dataclass
 class CorpusReadError(CorpusError):
     """The store cannot be read now (file shrunk or unreadable): the requests that needed it fail."""
 
 
+@dataclass
 class BadLine:
     line_no: int
     reason: str

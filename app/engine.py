@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +57,18 @@ from app.settings import Settings
 from app.sharing import QuerySharing, Version
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Serving:
+    """One loaded index with its own scheduler: what a search binds to when it is admitted."""
+
+    retriever: Retriever
+    scheduler: Scheduler
+    sharing: QuerySharing
+    generation: int
+    active: int = 0  # searches admitted and not yet answered
+    retired: bool = False  # a newer one took over: release once `active` reaches 0
 
 
 @dataclass(frozen=True)
@@ -78,11 +92,12 @@ class Engine:
         self.status = Status()
         self.limits = RequestLimits.from_settings(self.settings)
         self.inflight = 0
-        self._retriever = retriever  # given (from_parts) or set by the loader thread
-        self._scheduler: Scheduler | None = None
+        self._retriever = retriever  # given (from_parts) or set by the loader thread; the newest loaded
+        self._current: Serving | None = None  # what new searches use; replaced by a hot swap
+        self._reloading: asyncio.Task[None] | None = None
+        self.last_reload: dict[str, Any] | None = None  # outcome of the latest reload, for /health and /info
         self._serving: asyncio.Task[None] | None = None
         self._failure_listeners: list[Callable[[str], None]] = []
-        self._sharing: QuerySharing | None = None
         self._generation = 0  # bumped for every retriever installed: part of every cache key
         cache = None
         if self.settings.result_cache:
@@ -110,9 +125,18 @@ class Engine:
         return self._retriever.corpus if self._retriever is not None else None
 
     @property
+    def _scheduler(self) -> Scheduler | None:
+        return self._current.scheduler if self._current is not None else None
+
+    @property
+    def serving_version(self) -> str | None:
+        """The version of the index new searches use (a hot swap changes it)."""
+        return self._current.retriever.version if self._current is not None else None
+
+    @property
     def ready(self) -> bool:
         """Serving searches: loaded, the scheduler running, and not shutting down."""
-        return self.status.state == "ready" and self._scheduler is not None
+        return self.status.state == "ready" and self._current is not None
 
     @property
     def lane(self) -> ComputeLane | None:
@@ -159,9 +183,11 @@ class Engine:
         if self._serving is not None:
             self._serving.cancel()
             self._serving = None
-        if self._scheduler is not None:
-            await self._scheduler.stop()
-            self._scheduler = None
+        if self._reloading is not None:
+            self._reloading.cancel()
+        if self._current is not None:
+            await self._current.scheduler.stop()
+            self._current = None
 
     def _load(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future[Retriever]) -> None:
         """Loader thread: load (and warm up, when readiness waits for it), then hand over to the loop."""
@@ -195,6 +221,20 @@ class Engine:
                 listener(str(exc))
             return
         settings = self.settings
+        await self._install(retriever)
+        status = self.status
+        status.stage, status.progress = "serving", 1.0
+        status.ready_after_s = time.time() - status.started_at
+        if status.state == "loading":  # not when a SIGTERM came first
+            status.state = "ready"
+            metrics.READY.set(1)
+        log.info("ready after %.1fs", status.ready_after_s)
+        if settings.warmup and settings.ready_before_warmup:
+            threading.Thread(target=warm_up, args=(retriever, status), name="warm-up", daemon=True).start()
+
+    async def _install(self, retriever: Retriever) -> None:
+        """Start a scheduler over `retriever` and make it the one new searches use."""
+        settings = self.settings
         scheduler: Scheduler
         if settings.batching:
             scheduler = MicroBatcher(
@@ -207,36 +247,81 @@ class Engine:
         else:
             scheduler = PerRequestRunner(retriever.search, settings.per_request_threads, settings.max_queue)
         await scheduler.start()
-        self._scheduler = scheduler
-        self._sharing = QuerySharing(scheduler.submit, self.result_cache, settings.dedup_queries)
         self._generation += 1
-        status = self.status
-        status.stage, status.progress = "serving", 1.0
-        status.ready_after_s = time.time() - status.started_at
-        if status.state == "loading":  # not when a SIGTERM came first
-            status.state = "ready"
-            metrics.READY.set(1)
-        log.info("ready after %.1fs", status.ready_after_s)
-        if settings.warmup and settings.ready_before_warmup:
-            threading.Thread(target=warm_up, args=(retriever, status), name="warm-up", daemon=True).start()
+        sharing = QuerySharing(scheduler.submit, self.result_cache, settings.dedup_queries)
+        self._retriever = retriever
+        self._current = Serving(retriever, scheduler, sharing, self._generation)
+
+    # -- hot swap ----------------------------------------------------------------------------
+
+    def reload(self, index_dir: Path | None = None) -> bool:
+        """Load `index_dir` (default: the configured --index-dir again, whose `current` link may
+        point elsewhere now) in the background; when it has loaded and passed its self-test, new
+        searches use it, batches already admitted finish on the old one, and the old one is then
+        released (unmapped). False when a reload is already running. A failed load changes nothing
+        but `last_reload` (the reason) and the metric."""
+        if self._reloading is not None and not self._reloading.done():
+            return False
+        target = index_dir or self.settings.index_dir
+        self._reloading = asyncio.create_task(self._reload(target), name="index-reload")
+        return True
+
+    async def _reload(self, target: Path | None) -> None:
+        started = time.time()
+        self.last_reload = {"state": "loading", "target": str(target), "started_at": started}
+        try:
+            if target is None:
+                raise LoadError("nothing to reload: the server was started without --index-dir")
+            if self._current is None:
+                raise LoadError("nothing to swap yet: the first load has not finished")
+            settings = self.settings.model_copy(update={"index_dir": target, "index_path": None, "corpus_path": None})
+            log.info("reload: loading %s", target)
+            retriever = await asyncio.to_thread(load, settings, Status())
+        except Exception as exc:  # any load error: the old index keeps serving
+            log.error("reload of %s failed, still serving %s: %s", target, self.serving_version, exc)
+            metrics.INDEX_SWAPS.labels("failed").inc()
+            self.last_reload |= {"state": "failed", "message": str(exc), "seconds": round(time.time() - started, 2)}
+            return
+        old = self._current
+        await self._install(retriever)
+        metrics.INDEX_SWAPS.labels("ok").inc()
+        self.last_reload |= {"state": "done", "version": retriever.version, "seconds": round(time.time() - started, 2)}
+        log.info("reload: now serving %s (%s); draining the old index", retriever.version, target)
+        old.retired = True
+        if old.active == 0:
+            await self._release(old)
+
+    async def _release(self, serving: Serving) -> None:
+        """The old index once its last admitted search is answered: stop its lane, drop its maps."""
+        await serving.scheduler.stop()
+        # The index and corpus mappings go with their last reference (a response being rendered
+        # may still hold the corpus for a moment): no explicit close under a reader.
+        serving.retriever = None  # type: ignore[assignment]
+        gc.collect()
+        log.info("reload: old index released")
 
     # -- answering ---------------------------------------------------------------------------
 
     async def search(self, queries: list[str], topk: int | None) -> SearchResult:
         """Top `topk` rows per query (None or 0: the default). Raises NotReady, BadRequest
         (limits, invalid text), Overloaded (refused at admission) or BatchFailed."""
-        retriever, sharing = self._retriever, self._sharing
-        if retriever is None or sharing is None:
+        serving = self._current
+        if serving is None:
             raise NotReady(self._not_ready_detail())
         topk = self.limits.check(queries, topk)
+        retriever = serving.retriever
         self.inflight += 1
+        serving.active += 1
         metrics.INFLIGHT.set(self.inflight)
         try:
-            version = Version(f"{retriever.version}#{self._generation}", retriever.encoder.name)
-            scores, ids = await sharing.search(queries, topk, version)
+            version = Version(f"{retriever.version}#{serving.generation}", retriever.encoder.name)
+            scores, ids = await serving.sharing.search(queries, topk, version)
         finally:
             self.inflight -= 1
+            serving.active -= 1
             metrics.INFLIGHT.set(self.inflight)
+            if serving.retired and serving.active == 0:
+                asyncio.get_running_loop().create_task(self._release(serving))
         try:
             retriever.corpus.check_readable()
         except CorpusReadError as exc:
@@ -274,6 +359,8 @@ class Engine:
             return None
         return {
             "version": __version__,
+            "index_version": self.serving_version,
+            "last_reload": self.last_reload,
             "model": retriever.encoder.describe(),
             "index": retriever.index.describe(),
             "corpus": {

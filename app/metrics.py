@@ -56,6 +56,9 @@ DEDUPLICATED_QUERIES = Counter(
     "retriever_deduplicated_queries_total",
     "Queries answered by joining an identical query already being computed (not computed again).",
 )
+INDEX_SWAPS = Counter("retriever_index_swaps_total", "Index hot swaps by outcome (ok, failed).", ["outcome"])
+for _outcome in ("ok", "failed"):
+    INDEX_SWAPS.labels(_outcome)
 TOKEN_RELOADS = Counter(
     "retriever_auth_token_reloads_total", "Re-reads of a changed auth tokens file, by outcome.", ["outcome"]
 )

@@ -33,7 +33,7 @@ from prometheus_client import multiprocess as prom_multiprocess
 
 from app.http_protocol import header_timeout_protocol
 from app.settings import Settings
-from app.supervisor_state import RESTART_REASONS, write_restart_counts
+from app.supervisor_state import RESTART_REASONS, SUPERVISOR_PID_ENV, write_restart_counts
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIApplication
@@ -222,6 +222,17 @@ def _supervise(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
 
+    workers: list[Worker] = []
+
+    def pass_reload_on(_sig: int, _frame: FrameType | None) -> None:
+        for worker in workers:
+            if worker.process.is_alive() and worker.process.pid is not None:
+                os.kill(worker.process.pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, pass_reload_on)
+    # Before the first spawn: the fork server, started then, hands its environment to every worker.
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
+
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     heartbeat_dir = tempfile.mkdtemp(prefix="retriever-heartbeat-")
     restarts = dict.fromkeys(RESTART_REASONS, 0)
@@ -250,7 +261,7 @@ def _supervise(settings: Settings) -> int:
         write_restart_counts(metrics_dir, restarts)
         workers[i] = spawn()
 
-    workers = [spawn(replacement=False) for _ in range(settings.workers)]
+    workers += [spawn(replacement=False) for _ in range(settings.workers)]
     log.info("supervisor %d: %d workers %s", os.getpid(), len(workers), [w.process.pid for w in workers])
     exit_code = 0
     try:

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 STATE_FILE = "supervisor.json"
+# Set in the workers' environment: where POST /admin/reload sends SIGHUP so that every worker reloads.
+SUPERVISOR_PID_ENV = "RETRIEVER_SUPERVISOR_PID"
 RESTART_REASONS = ("exited", "hung", "recycled")
 
 

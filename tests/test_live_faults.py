@@ -1,20 +1,24 @@
-"""Faults a long-running pod meets, each under load on a real server: a rotated token and a corpus
-store that becomes unreadable. Each prints its figure for docs/faults.md."""
+"""Faults a long-running pod meets, each on a real server (under load where it matters): a rotated
+token, a corpus store that becomes unreadable, index hot swaps (good and corrupt, one worker and
+N). Each prints its figure for docs/faults.md."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
 
+import faiss
 import httpx
 
-from app.corpus import ROWS_FILE
+from app.corpus import ROWS_FILE, CorpusStore, CorpusWriter
 from app.loadgen import LoadResult, run_load
-from app.manifest import CORPUS_DIR
+from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, record_files
 from tests.helpers import run_server
 
 CONCURRENCY = 8
@@ -95,3 +99,135 @@ def test_an_unreadable_corpus_store_fails_only_while_it_lasts(demo_index: Path, 
     log = server.log()
     assert "Traceback" not in log
     print("\ncorpus store shrank under a live server: 503 naming the file; 200 again once the file is whole")
+
+
+def reversed_copy(source: Path, target: Path) -> Path:
+    """Another valid index directory: the same passages in reverse order, each marked "[B]"."""
+    shutil.copytree(source, target)
+    index = faiss.read_index(str(source / INDEX_FILE))
+    vectors = index.reconstruct_n(0, index.ntotal)[::-1].copy()
+    flipped = faiss.IndexFlatIP(index.d)
+    flipped.add(vectors)
+    faiss.write_index(flipped, str(target / INDEX_FILE))
+    store = CorpusStore(source / CORPUS_DIR)
+    rows = [json.loads(store.row_bytes(i)) for i in range(store.count)][::-1]
+    store.close()
+    shutil.rmtree(target / CORPUS_DIR)
+    writer = CorpusWriter(target / CORPUS_DIR)
+    for row in rows:
+        row["contents"] = "[B] " + row["contents"]
+        writer.add(json.dumps(row, separators=(",", ":")).encode())
+    writer.close()
+    manifest = Manifest.read(target)
+    manifest.files.update(record_files(target, list(manifest.files)))
+    manifest.write(target)
+    return target
+
+
+def contents_of(client: httpx.Client) -> str:
+    response = client.post("/retrieve", json={"queries": ["jazz"], "topk": 1})
+    assert response.status_code == 200, response.text
+    return response.json()["result"][0][0]["contents"]
+
+
+def mapped_paths(pid: int) -> set[str]:
+    return {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "/" in line}
+
+
+def test_an_index_swapped_under_load_fails_no_request_and_releases_the_old_one(
+    demo_index: Path, tmp_path: Path
+) -> None:
+    first = Path(shutil.copytree(demo_index, tmp_path / "v1"))
+    second = reversed_copy(demo_index, tmp_path / "v2")
+    current = tmp_path / "current"
+    current.symlink_to(first)
+    with (
+        run_server(["--index-dir", str(current)], tmp_path) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        assert not contents_of(client).startswith("[B]")
+        version_before = client.get("/health").json()["index_version"]
+        assert str(first / INDEX_FILE) in mapped_paths(server.process.pid)
+        thread, results = in_thread(run_load(server.url, requests=100_000, concurrency=CONCURRENCY, duration=10))
+        time.sleep(3)
+        staging = tmp_path / "current.new"
+        staging.symlink_to(second)
+        os.replace(staging, current)  # flip the link, then ask for the reload
+        os.kill(server.process.pid, signal.SIGHUP)
+        started = time.monotonic()
+        while time.monotonic() - started < 60 and client.get("/health").json().get("reload", {}).get("state") != "done":
+            time.sleep(0.1)
+        swapped_s = time.monotonic() - started
+        thread.join(60)
+        result = results[0]
+        health = client.get("/health").json()
+        assert health["reload"]["state"] == "done", health
+        assert health["index_version"] != version_before
+        assert contents_of(client).startswith("[B]")
+        released = False
+        for _ in range(50):  # the old mapping goes with its last reader
+            if str(first / INDEX_FILE) not in mapped_paths(server.process.pid):
+                released = True
+                break
+            time.sleep(0.1)
+        swaps = float(
+            next(
+                line.split()[-1]
+                for line in client.get("/metrics").text.splitlines()
+                if line.startswith('retriever_index_swaps_total{outcome="ok"}')
+            )
+        )
+    print(
+        f"\nindex swap under load: {result.requests - result.ok} of {result.requests} requests failed; "
+        f"new index serving {swapped_s:.1f} s after SIGHUP; old mapping released: {released}"
+    )
+    assert result.ok == result.requests, result.statuses
+    assert released, "the old index is still mapped"
+    assert swaps == 1
+
+
+def test_a_swap_to_a_corrupt_index_keeps_the_old_one_serving(demo_index: Path, tmp_path: Path) -> None:
+    broken = Path(shutil.copytree(demo_index, tmp_path / "broken"))
+    with open(broken / INDEX_FILE, "r+b") as handle:
+        handle.truncate(1000)
+    with (
+        run_server(["--index-dir", str(demo_index)], tmp_path) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        before = contents_of(client)
+        answer = client.post("/admin/reload", json={"index_dir": str(broken)})
+        assert answer.status_code == 202, answer.text
+        started = time.monotonic()
+        while (
+            time.monotonic() - started < 60 and client.get("/health").json().get("reload", {}).get("state") == "loading"
+        ):
+            time.sleep(0.1)
+        health = client.get("/health")
+        assert health.status_code == 200
+        assert health.json()["reload"]["state"] == "failed"
+        assert "index.faiss" in health.json()["reload"]["message"]
+        assert contents_of(client) == before
+        metrics_text = client.get("/metrics").text
+        assert 'retriever_index_swaps_total{outcome="failed"} 1.0' in metrics_text
+    assert "reload of" in server.log() and "failed, still serving" in server.log()
+
+
+def test_every_worker_swaps_on_one_admin_request(demo_index: Path, tmp_path: Path) -> None:
+    first = Path(shutil.copytree(demo_index, tmp_path / "v1"))
+    second = reversed_copy(demo_index, tmp_path / "v2")
+    current = tmp_path / "current"
+    current.symlink_to(first)
+    with run_server(["--index-dir", str(current), "--workers", "2"], tmp_path, timeout=300) as server:
+        staging = tmp_path / "current.new"
+        staging.symlink_to(second)
+        os.replace(staging, current)
+        assert httpx.post(f"{server.url}/admin/reload", timeout=30).status_code == 202
+        deadline = time.monotonic() + 90
+        seen: set[bool] = set()
+        while time.monotonic() < deadline:
+            # A new connection each time, so both workers are asked.
+            seen = {contents_of(httpx.Client(base_url=server.url, timeout=30)).startswith("[B]") for _ in range(12)}
+            if seen == {True}:
+                break
+            time.sleep(0.5)
+        assert seen == {True}, "a worker still serves the old index"
