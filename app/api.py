@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -250,11 +250,55 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _openapi_with_limits(app: FastAPI) -> dict[str, Any]:
-    """The generated schema, plus the request limits the engine applies."""
+    """The generated schema, plus the request limits the engine applies and, with authentication
+    on, the bearer scheme (Swagger UI's Authorize button; the open paths need none)."""
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
         app.state.engine.limits.apply_to_openapi(schema)
+        open_paths = getattr(app.state, "open_paths", None)
+        if open_paths is not None:
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "description": "A token from the tokens file."}
+            }
+            schema["security"] = [{"bearerAuth": []}]
+            for path, operations in schema.get("paths", {}).items():
+                if path in open_paths:
+                    for operation in operations.values():
+                        operation["security"] = []
     return app.openapi_schema
+
+
+DOCS_ASSETS = "/docs/assets"
+DOCS_PATHS = (
+    "/docs",
+    "/openapi.json",
+    f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+    f"{DOCS_ASSETS}/swagger-ui.css",
+    f"{DOCS_ASSETS}/favicon.png",
+)
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI from assets shipped in the image (fastapi-offline's copy): the image runs offline,
+    where a CDN-hosted /docs would be a blank page."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="retriever - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
 
 
 def build_app(engine: Engine | Settings | None = None) -> FastAPI:
@@ -267,9 +311,12 @@ def build_app(engine: Engine | Settings | None = None) -> FastAPI:
         version=__version__,
         description="Dense retrieval, Search-R1 wire format: one shared FAISS index, dynamic micro-batching.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.engine = engine
     app.include_router(router)
+    _add_docs(app)
 
     Instrumentator(
         should_group_status_codes=True,
@@ -281,6 +328,9 @@ def build_app(engine: Engine | Settings | None = None) -> FastAPI:
     tokens = TokenSource(settings)
     if tokens.tokens:
         open_paths = {p.strip() for p in settings.auth_open_paths.split(",") if p.strip()}
+        if settings.docs_without_token:
+            open_paths |= set(DOCS_PATHS)
+        app.state.open_paths = open_paths
         app.add_middleware(AuthMiddleware, tokens=tokens, open_paths=open_paths)
     if settings.cors_origins.strip():
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]

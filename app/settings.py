@@ -95,5 +95,8 @@ class Settings(BaseSettings):
     # -- access control
     auth_tokens: str | None = Field(None, description="Comma-separated bearer tokens.")
     auth_tokens_file: Path | None = Field(None, description="File with one bearer token per line.")
+    docs_without_token: bool = Field(
+        False, description="Serve /docs and its schema without a token (its Authorize button takes one for calls)."
+    )
     auth_open_paths: str = Field("/health,/livez,/metrics", description="Paths that never need a token.")
     cors_origins: str = Field("", description="Comma-separated CORS origins; empty: CORS off.")
