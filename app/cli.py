@@ -152,6 +152,23 @@ def cmd_load(args: argparse.Namespace) -> int:
     return load_main(args)
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from app.encoder_onnx import export_checked
+    from app.manifest import Manifest
+
+    directory = Path(args.index_dir)
+    manifest = Manifest.read(directory)
+    model = args.model or manifest.model
+    local = directory / model
+    report = export_checked(str(local) if local.is_dir() else model, directory, manifest)
+    print(
+        f"exported {report['model']} to {report['path']} in {report['seconds']:.1f} s; checked against torch on "
+        f"{report['queries']} queries: worst cosine {report['worst_cosine']:.6f}; "
+        "serve with --encoder-runtime onnx (or openvino)"
+    )
+    return 0
+
+
 def cmd_demo_corpus(args: argparse.Namespace) -> int:
     from app.demo import write_corpus
 
@@ -197,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--token", default=None, help="bearer token")
     load.add_argument("--json", default=None, help="also write the summary to this file")
     load.set_defaults(func=cmd_load)
+
+    export = commands.add_parser(
+        "export-onnx", help="export an index directory's model for --encoder-runtime onnx/openvino (checked)"
+    )
+    export.add_argument("index_dir")
+    export.add_argument("--model", default=None, help="model directory (default: the manifest's)")
+    export.set_defaults(func=cmd_export_onnx)
 
     demo = commands.add_parser("demo-corpus", help="write the demo corpus as Search-R1 jsonl")
     demo.add_argument("out")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.encoder import CHARS_PER_TOKEN, encode_split
+from app.errors import RetrieverError
 
 if TYPE_CHECKING:
     from app.lanes import Helpers
@@ -37,7 +38,7 @@ TOKENIZER_FILE = "tokenizer.json"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class OnnxEncoderError(Exception):
+class OnnxEncoderError(RetrieverError):
     """The ONNX export is missing, unreadable or cannot run; the message names the path."""
 
 
@@ -162,6 +163,18 @@ class _ExportedEncoder:
     def max_length(self) -> int:
         return self.config.max_length
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dimension": self.dimension,
+            "query_prefix": self.prefix,
+            "normalize": self.config.normalize,
+            "max_length": self.max_length,
+            "device": "cpu",
+            "runtime": self.runtime,
+            "pooling": self.config.pooling,
+        }
+
     def encode(self, texts: list[str], helpers: Helpers | None = None) -> np.ndarray:
         """Embeddings of `texts`, in order. With `helpers`, a large batch is split between threads."""
         limit = self.max_length * CHARS_PER_TOKEN
@@ -242,3 +255,62 @@ class OpenVinoEncoder(_ExportedEncoder):
         if request is None:
             request = self._requests.request = self.compiled.create_infer_request()
         return request.infer(feed)[0]
+
+
+# The check an export must pass before it is kept: torch's embeddings, to this cosine, on these queries.
+CHECK_COSINE = 0.9999
+CHECK_QUERIES = (
+    "who wrote paradise lost",
+    "1968 science fiction film directed by stanley kubrick",
+    "capital of australia",
+    "a",
+    "how does photosynthesis work in the leaves of plants during the day and what do they need",
+    "Zürich Hauptbahnhof Öffnungszeiten",
+    "Q: 42?",
+)
+
+
+def export_checked(model: str, index_dir: Path, manifest: Any) -> dict[str, Any]:
+    """Export `model` into `index_dir` and keep it only if it reproduces torch's query embeddings."""
+    import time
+
+    from app.encoder import EncoderConfig, SentenceTransformerEncoder, resolve_model
+
+    started = time.perf_counter()
+    resolved = resolve_model(model)
+    target = export_onnx(resolved, index_dir, normalize=manifest.normalize, max_length=manifest.max_length)
+    reference = SentenceTransformerEncoder(
+        EncoderConfig(
+            resolved, prefix=manifest.query_prefix, normalize=manifest.normalize, max_length=manifest.max_length
+        )
+    )
+    exported = OnnxRuntimeEncoder(target, prefix=manifest.query_prefix)
+    queries = list(CHECK_QUERIES)
+    expected, got = reference.encode(queries), exported.encode(queries)
+    cosine = (expected * got).sum(axis=1) / (np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1))
+    if float(cosine.min()) < CHECK_COSINE:
+        shutil.rmtree(target, ignore_errors=True)
+        raise OnnxEncoderError(
+            f"{model}: the ONNX export does not reproduce torch's embeddings (worst cosine {cosine.min():.6f} < "
+            f"{CHECK_COSINE}); removed, serve with --encoder-runtime torch"
+        )
+    return {
+        "model": model,
+        "path": str(target),
+        "seconds": time.perf_counter() - started,
+        "queries": len(queries),
+        "worst_cosine": float(cosine.min()),
+    }
+
+
+def open_exported_encoder(runtime: str, index_dir: Path | None, prefix: str) -> _ExportedEncoder:
+    """The `--encoder-runtime onnx|openvino` encoder over the export in `index_dir`."""
+    if index_dir is None:
+        raise OnnxEncoderError(
+            "--encoder-runtime onnx/openvino needs --index-dir (the export lives in the index directory)"
+        )
+    encoder_class = {"onnx": OnnxRuntimeEncoder, "openvino": OpenVinoEncoder}[runtime]
+    try:
+        return encoder_class(index_dir / ONNX_DIR, prefix=prefix)
+    except ImportError as exc:
+        raise OnnxEncoderError(f"--encoder-runtime {runtime}: {exc.name} is not installed") from None
