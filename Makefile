@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# CPU build from the local wheel; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -c constraints.txt -e '.[demo,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[demo,dev,openvino]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with the service, the demo model and the dev tools

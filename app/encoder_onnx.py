@@ -303,7 +303,7 @@ def export_checked(model: str, index_dir: Path, manifest: Any) -> dict[str, Any]
     }
 
 
-def open_exported_encoder(runtime: str, index_dir: Path | None, prefix: str) -> _ExportedEncoder:
+def open_exported_encoder(runtime: str, index_dir: Path | None, prefix: str, normalize: bool) -> _ExportedEncoder:
     """The `--encoder-runtime onnx|openvino` encoder over the export in `index_dir`."""
     if index_dir is None:
         raise OnnxEncoderError(
@@ -311,6 +311,12 @@ def open_exported_encoder(runtime: str, index_dir: Path | None, prefix: str) -> 
         )
     encoder_class = {"onnx": OnnxRuntimeEncoder, "openvino": OpenVinoEncoder}[runtime]
     try:
-        return encoder_class(index_dir / ONNX_DIR, prefix=prefix)
+        encoder = encoder_class(index_dir / ONNX_DIR, prefix=prefix)
     except ImportError as exc:
         raise OnnxEncoderError(f"--encoder-runtime {runtime}: {exc.name} is not installed") from None
+    if encoder.config.normalize != normalize:
+        raise OnnxEncoderError(
+            f"{index_dir / ONNX_DIR}: exported with normalize={encoder.config.normalize} but the index wants "
+            f"normalize={normalize}; export again (retriever export-onnx {index_dir})"
+        )
+    return encoder

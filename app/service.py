@@ -114,6 +114,10 @@ def resolve_sources(settings: Settings, status: Status) -> Sources:
 
 def open_encoder(spec: EncoderSpec) -> Encoder:
     """The encoder backend the spec asks for."""
+    if spec.runtime != "torch":
+        from app.encoder_onnx import open_exported_encoder
+
+        return open_exported_encoder(spec.runtime, spec.export_dir, spec.query_prefix, spec.normalize)
     encoder = SentenceTransformerEncoder(spec.config())
     if spec.threads:
         import torch

@@ -37,6 +37,8 @@ class EncoderSpec:
     batch_size: int  # texts per forward pass
     threads: int  # torch threads (0: leave torch's default)
     allow_download: bool
+    runtime: str = "torch"  # torch, or onnx / openvino over the export in `export_dir`
+    export_dir: Path | None = None  # the index directory holding `encoder-onnx/`
 
     def config(self) -> EncoderConfig:
         """The sentence-transformers backend's configuration (resolves the bundled model's path)."""
@@ -79,6 +81,8 @@ def resolve_encoder(settings: Settings, manifest: Manifest | None) -> EncoderSpe
         batch_size=settings.max_batch_size,
         threads=settings.threads,
         allow_download=settings.allow_download,
+        runtime=settings.encoder_runtime,
+        export_dir=settings.index_dir,
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import faiss
+import httpx
 import numpy as np
 import pytest
 
@@ -18,6 +20,7 @@ from app.encoder_onnx import (
     export_onnx,
 )
 from app.manifest import INDEX_FILE
+from tests.helpers import run_cli, run_server
 
 RUNTIMES = {"onnx": OnnxRuntimeEncoder, "openvino": OpenVinoEncoder}
 
@@ -67,3 +70,40 @@ def test_an_unreadable_export_config_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / ONNX_CONFIG).write_text("{not json")
     with pytest.raises(OnnxEncoderError, match="unreadable"):
         OnnxRuntimeEncoder(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def exported_index(tmp_path_factory: pytest.TempPathFactory, demo_index: Path, encoder) -> Path:
+    """A copy of the demo index directory with its model exported, as `retriever export-onnx` leaves it."""
+    directory = Path(shutil.copytree(demo_index, tmp_path_factory.mktemp("exported") / "index"))
+    result = run_cli("export-onnx", str(directory), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "worst cosine" in result.stdout
+    return directory
+
+
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_a_server_on_the_exported_runtime_answers_as_the_torch_one(
+    runtime: str, exported_index: Path, tmp_path: Path, queries: list[str]
+) -> None:
+    sample = {"queries": queries[:40], "topk": 10, "return_scores": True}
+    answers = {}
+    for name in ("torch", runtime):
+        args = ["--index-dir", str(exported_index), "--encoder-runtime", name]
+        (tmp_path / name).mkdir()
+        with run_server(args, tmp_path / name) as server:
+            info = httpx.get(f"{server.url}/info", timeout=10).json()
+            assert info["model"].get("runtime", "torch") == name
+            answers[name] = httpx.post(f"{server.url}/retrieve", json=sample, timeout=60).json()["result"]
+    for expected, got in zip(answers["torch"], answers[runtime], strict=True):
+        assert [hit["document"]["id"] for hit in got] == [hit["document"]["id"] for hit in expected]
+        assert [hit["score"] for hit in got] == pytest.approx([hit["score"] for hit in expected], abs=1e-4)
+
+
+def test_serving_on_onnx_without_an_export_says_how_to_make_one(demo_index: Path, tmp_path: Path) -> None:
+    args = ["--index-dir", str(demo_index), "--encoder-runtime", "onnx"]
+    with run_server(args, tmp_path, wait=False) as server:
+        server.process.wait(timeout=180)
+        log = server.log()
+    assert server.process.returncode == 3
+    assert "retriever export-onnx" in log and "Traceback" not in log

@@ -17,7 +17,7 @@ import faiss
 import httpx
 
 from app.corpus import ROWS_FILE, CorpusStore, CorpusWriter
-from app.loadgen import LoadResult, run_load
+from app.loadclient import LoadResult, run_load
 from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, record_files
 from tests.helpers import run_server
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.loadgen import LoadResult, run_load
+from app.loadclient import LoadResult, run_load
 from tests.helpers import RunningServer, run_server
 
 CONCURRENCY = 8

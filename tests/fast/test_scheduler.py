@@ -102,11 +102,13 @@ def test_admission_refuses_when_the_estimated_wait_exceeds_the_limit() -> None:
         search.hold()
         first = asyncio.create_task(batcher.submit(["1"] * 10, 1))
         await search.running()
-        batcher._observe_throughput(100, 1.0)  # as measured after a batch: 100 queries/s
-        admitted = asyncio.create_task(batcher.submit(["2"] * 85, 1))  # (10 + 85) / 100 = 0.95 s
+        for size in (1, 8, 32, 64):  # as learned from earlier batches: 10 ms a query, nothing fixed
+            batcher.batch_cost.observe(size, 0.01 * size)
+        # The running batch of 10 (0.1 s) and the batches of 64 + 21 the queue would form: 0.95 s.
+        admitted = asyncio.create_task(batcher.submit(["2"] * 85, 1))
         await settle()
         with pytest.raises(Overloaded, match=r"about 1\.1 s of work already waiting \(limit 1 s\)"):
-            await batcher.submit(["3"] * 10, 1)  # (95 + 10) / 100 = 1.05 s
+            await batcher.submit(["3"] * 20, 1)  # 0.1 s + batches of 64 + 41: 1.15 s
         search.release()
         assert len(ids_of(await admitted)) == 85
         await first
