@@ -29,7 +29,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app import __version__, metrics
 from app.engine import Engine
 from app.errors import BadRequest, BatchFailed, NotReady, Overloaded, ServingError, StoreUnavailable
-from app.guards import AuthMiddleware, BodyLimitMiddleware, TokenSource
+from app.guards import AuthMiddleware, BodyLimitMiddleware, EarlyRefusalMiddleware, TokenSource
 from app.schemas import RetrieveRequest, RetrieveResponse, error_response, render_retrieve_response
 from app.settings import Settings
 from app.supervisor_state import SUPERVISOR_PID_ENV
@@ -48,6 +48,8 @@ ERROR_STATUS: dict[type[ServingError], int] = {
 RETRY_LATER: tuple[type[ServingError], ...] = (NotReady, Overloaded, StoreUnavailable)
 
 router = APIRouter()
+# POST paths that search: refused before their body is read when admission would refuse them anyway.
+SEARCH_PATHS = {"/retrieve"}
 
 
 def get_engine(request: Request) -> Engine:
@@ -325,6 +327,15 @@ def build_app(engine: Engine | Settings | None = None) -> FastAPI:
         excluded_handlers=["/metrics", "/health", "/livez"],
     ).instrument(app, latency_lowr_buckets=metrics.LATENCY_BUCKETS)
 
+    # Inside authentication (added first: innermost), outside everything that reads the body: a
+    # search that admission would refuse is refused from its headers alone.
+    app.add_middleware(
+        EarlyRefusalMiddleware,
+        refusal=engine.refusal,
+        paths=SEARCH_PATHS,
+        status=settings.overload_status,
+        retry_after_s=settings.retry_after_s,
+    )
     tokens = TokenSource(settings)
     if tokens.tokens:
         open_paths = {p.strip() for p in settings.auth_open_paths.split(",") if p.strip()}

@@ -81,9 +81,10 @@ class Scheduler:
             waiting, count, self.max_batch_size, self.running_queries, running_for_s
         )
 
-    def _admit(self, count: int) -> None:
+    def refusal(self, count: int) -> Overloaded | None:
+        """The refusal `count` more queries would meet now, or None when they would be admitted."""
         if self.queued_queries + count > self.max_queue and self.queued_queries > 0:
-            raise Overloaded(
+            return Overloaded(
                 f"overloaded: {self.queued_queries} queries already waiting (limit {self.max_queue}); retry later"
             )
         if self.max_queue_wait_s and self.queued_queries > 0:
@@ -92,10 +93,16 @@ class Scheduler:
             # costing it as the batches it will form (a Flat batch of 64 costs about what 1 does).
             wait_s = self.estimated_wait_s(count)
             if wait_s > self.max_queue_wait_s:
-                raise Overloaded(
+                return Overloaded(
                     f"overloaded: about {wait_s:.1f} s of work already waiting "
                     f"(limit {self.max_queue_wait_s:g} s); retry later"
                 )
+        return None
+
+    def _admit(self, count: int) -> None:
+        refused = self.refusal(count)
+        if refused is not None:
+            raise refused
         self.queued_queries += count
         metrics.QUEUE_DEPTH.set(self.queued_queries)
 

@@ -48,7 +48,7 @@ from app import __version__, metrics
 from app.backends import Encoder, VectorIndex
 from app.batcher import MicroBatcher, PerRequestRunner, Scheduler
 from app.corpus import CorpusReadError, CorpusStore
-from app.errors import LoadError, NotReady, StoreUnavailable
+from app.errors import LoadError, NotReady, Overloaded, StoreUnavailable
 from app.lanes import ComputeLane
 from app.result_cache import ResultCache
 from app.schemas import RequestLimits
@@ -344,6 +344,12 @@ class Engine:
             "evictions": cache.stats.evictions,
             "hit_rate": round(cache.stats.hits / looked_up, 4) if looked_up else None,
         }
+
+    def refusal(self) -> Overloaded | None:
+        """What a search of even one query would be refused with right now (None: it would be
+        admitted, or the engine is not serving yet). The HTTP face asks before reading a body."""
+        serving = self._current
+        return serving.scheduler.refusal(1) if serving is not None else None
 
     def _not_ready_detail(self) -> str:
         status = self.status
