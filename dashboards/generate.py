@@ -442,6 +442,65 @@ def retriever_dashboard() -> Json:
         options=TS_OPTIONS,
     )
 
+    lay.add(
+        "timeseries",
+        "Duplicate work avoided",
+        "Share of queries answered without computing them: from the result cache (hits over lookups; "
+        "only with --result-cache) and by joining an identical query already in flight.",
+        "percentunit",
+        [
+            target(
+                f'sum(rate(retriever_result_cache_lookups_total{{{SEL}, result="hit"}}[{RI}])) / '
+                f"sum(rate(retriever_result_cache_lookups_total{{{SEL}}}[{RI}]))",
+                "cache hit rate",
+                "A",
+            ),
+            target(
+                f"sum(rate(retriever_deduplicated_queries_total{{{SEL}}}[{RI}])) / "
+                f"sum(rate(retriever_queries_total{{{SEL}}}[{RI}]))",
+                "joined in flight",
+                "B",
+            ),
+        ],
+        w=12,
+        min_=0,
+        options=TS_OPTIONS,
+    )
+    lay.add(
+        "timeseries",
+        "Result cache size",
+        "Answers and bytes the result cache holds (bounded by --result-cache-entries and --result-cache-bytes), "
+        "and evictions per second.",
+        "short",
+        [
+            target(f"sum(retriever_result_cache_entries{{{SEL}}})", "entries", "A"),
+            target(f"sum(retriever_result_cache_bytes{{{SEL}}})", "bytes", "B"),
+            target(f"sum(rate(retriever_result_cache_evictions_total{{{SEL}}}[{RI}]))", "evictions/s", "C"),
+        ],
+        w=12,
+        min_=0,
+        options=TS_OPTIONS,
+    )
+    lay.add(
+        "timeseries",
+        "Worker restarts, index swaps, token reloads",
+        "Events per second: workers the supervisor replaced (exited, hung by heartbeat, recycled by "
+        "--limit-max-requests), index hot swaps and auth-token file re-reads, each by outcome.",
+        "short",
+        [
+            target(
+                f"sum by (reason) (rate(retriever_worker_restarts_total{{{SEL}}}[{RI}]))", "restart {{reason}}", "A"
+            ),
+            target(f"sum by (outcome) (rate(retriever_index_swaps_total{{{SEL}}}[{RI}]))", "swap {{outcome}}", "B"),
+            target(
+                f"sum by (outcome) (rate(retriever_auth_token_reloads_total{{{SEL}}}[{RI}]))", "tokens {{outcome}}", "C"
+            ),
+        ],
+        w=12,
+        min_=0,
+        options=TS_OPTIONS,
+    )
+
     # ---------------------------------------------------------------- resources
     lay.row("Resources and health")
     lay.add(
