@@ -10,12 +10,12 @@ import os
 import resource
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from app import procstat
 from app.supervisor_state import RESTART_REASONS, read_restart_counts
 
 # 1 ms .. 30 s: fine enough to tell a 5 ms answer from a 90 ms one.
@@ -102,15 +102,11 @@ START_TIME = Gauge("retriever_process_start_time_seconds", "Worker start time (u
 
 def read_memory() -> dict[str, int]:
     """RSS, PSS and PSS split into anonymous and file pages, in bytes, from /proc/self/smaps_rollup."""
-    values: dict[str, int] = {}
     try:
-        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss", "Pss_Anon", "Pss_File"):
-                values[key.lower()] = int(rest.split()[0]) * 1024
+        totals = procstat.rollup("self")
     except OSError:
-        pass
-    return values
+        return {}
+    return {key.lower(): totals[key] for key in ("Rss", "Pss", "Pss_Anon", "Pss_File") if key in totals}
 
 
 def sample_process() -> None:

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Start the demo server on a free loopback port, run k6 scripts against it, stop it by PID.
 
-    python3 loadtest/run_with_server.py smoke load
-    python3 loadtest/run_with_server.py --k6-timeout 900 soak
+    .venv/bin/python loadtest/run_with_server.py smoke load
+    .venv/bin/python loadtest/run_with_server.py --k6-timeout 900 soak
 
-Stdlib only. Steps: pick a free port on 127.0.0.1, start `retriever serve --host 127.0.0.1 --port P
---demo-limit N` (its log goes to RESULTS_DIR/server.log), wait for /health 200 (bounded by
---health-timeout; fails at once if the server dies), run each script with BASE_URL set (bounded by
---k6-timeout), sample the server's RSS from /proc (the PID and its children) once a second, then
-SIGTERM the server, wait up to --stop-timeout for it to exit (SIGKILL after that, which fails the
-run). Exit status: 0 only if every k6 run passed its thresholds and the server exited 0.
+Runs in the project's venv: the server is started by the dev harness (app.devtools.server). Steps:
+pick a free port on 127.0.0.1, start `retriever serve --host 127.0.0.1 --port P --demo-limit N`
+(its log goes to RESULTS_DIR/server.log), wait for /health 200 (bounded by --health-timeout;
+fails at once if the server dies), run each script with BASE_URL set (bounded by --k6-timeout),
+sample the server's RSS from /proc (the PID and its children) once a second, then SIGTERM the
+server, wait up to --stop-timeout for it to exit (SIGKILL after that, which fails the run).
+Exit status: 0 only if every k6 run passed its thresholds and the server exited 0.
 A record of the run (per-script exit codes, wall times, RSS start/peak/end) goes to
 RESULTS_DIR/runner-<scripts>.json.
 """
@@ -17,20 +18,19 @@ RESULTS_DIR/runner-<scripts>.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from app import procstat
+from app.devtools.server import ServerNotReady, ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,51 +39,13 @@ def log(msg: str) -> None:
     print(f"[loadtest {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    kids = [int(x) for x in text.split()]
-    return kids + [g for k in kids for g in children(k)]
+def mib(v: int | None) -> str:
+    return "-" if v is None else f"{v / 1048576:.1f} MiB"
 
 
 def rss_bytes(pid: int) -> int | None:
-    """VmRSS of pid plus its descendants (uvicorn workers), None if pid is gone."""
-    total, seen = 0, False
-    for p in [pid, *children(pid)]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-                    seen = True
-        except OSError:
-            continue
-    return total if seen else None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """user+system CPU time of pid (all its threads) plus its descendants."""
-    total, seen = 0.0, False
-    tick = os.sysconf("SC_CLK_TCK")
-    for p in [pid, *children(pid)]:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-        seen = True
-    return total if seen else None
-
-
-def mib(v: int | None) -> str:
-    return "-" if v is None else f"{v / 1048576:.1f} MiB"
+    """RSS of pid plus its descendants (uvicorn workers), None if pid is gone."""
+    return procstat.tree_rss(pid) if procstat.exists(pid) else None
 
 
 class RssSampler(threading.Thread):
@@ -107,49 +69,6 @@ class RssSampler(threading.Thread):
         with self.lock:
             peak, self.peak = max(self.peak, now), now
         return peak
-
-
-def health(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (OSError, urllib.error.URLError):
-        return None
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log(f"server exited with {proc.returncode} before it became ready")
-            return False
-        status = health(url)
-        if status == 200:
-            return True
-        if status != last:
-            log(f"/health -> {status if status is not None else 'no answer'}; waiting (up to {timeout:.0f}s)")
-            last = status
-        time.sleep(0.5)
-    log(f"server not ready after {timeout:.0f}s")
-    return False
-
-
-def stop(proc: subprocess.Popen, timeout: float) -> int | None:
-    """SIGTERM the server we started, by PID; SIGKILL its process group after `timeout`."""
-    if proc.poll() is not None:
-        return proc.returncode
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        log(f"server {proc.pid} still running {timeout:.0f}s after SIGTERM: SIGKILL")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what we started
-        proc.wait()
-        return None
 
 
 def answered_queries(summary: Path) -> int | None:
@@ -198,12 +117,16 @@ def main() -> int:
             return 2
         scripts.append(path)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [args.retriever, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--demo-limit", str(args.demo_limit), *args.server_arg]
     server_log = results / "server.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    server = ServerProcess(
+        ["--demo-limit", str(args.demo_limit), *args.server_arg],
+        server_log,
+        executable=[args.retriever],
+        new_session=True,
+        cwd=ROOT,
+    )
+    url = server.url
+    cmd = server.command
     log(f"starting {' '.join(cmd)} (log: {server_log})")
     t_start = time.monotonic()
     record: dict = {"base_url": url, "command": cmd, "scripts": []}
@@ -214,14 +137,23 @@ def main() -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
-    with open(server_log, "w") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT)
+    proc = server.start().process
+    assert proc is not None
     sampler = RssSampler(proc.pid)
     try:
         log(f"server PID {proc.pid} on {url}")
-        if not wait_healthy(proc, url, args.health_timeout):
-            tail = server_log.read_text(errors="replace").splitlines()[-20:]
-            print("\n".join(f"  | {line}" for line in tail))
+        last: list[int | None] = [-1]
+
+        def on_status(status: int | None) -> None:
+            if status != last[0] and status != 200:
+                shown = status if status is not None else "no answer"
+                log(f"/health -> {shown}; waiting (up to {args.health_timeout:.0f}s)")
+            last[0] = status
+
+        try:
+            server.wait_ready(args.health_timeout, interval=0.5, on_status=on_status)
+        except ServerNotReady as exc:
+            log(str(exc))
             return 1
         record["ready_s"] = round(time.monotonic() - t_start, 1)
         record["rss_ready_bytes"] = rss_bytes(proc.pid)
@@ -234,14 +166,14 @@ def main() -> int:
         sampler.take_peak()
 
         # --address "": no k6 REST API on :6565, so parallel k6 runs cannot collide
-        k6_env = dict(env, BASE_URL=url, RESULTS_DIR=str(results), K6_NO_USAGE_REPORT="true")
+        k6_env = dict(os.environ, HF_HUB_OFFLINE="1", BASE_URL=url, RESULTS_DIR=str(results), K6_NO_USAGE_REPORT="true")
         for path in scripts:
             limit = args.k6_timeout
             if path.stem == "soak":
                 limit = max(limit, duration_s(os.environ.get("SOAK_DURATION", "10m")) + 180)
             (results / f"{path.stem}.json").unlink(missing_ok=True)
             before = rss_bytes(proc.pid)
-            cpu0, k6cpu0 = cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu0, k6cpu0 = procstat.tree_cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
             log(f"k6 run {path}")
             t0 = time.monotonic()
             try:
@@ -255,7 +187,7 @@ def main() -> int:
                 rc = 124
             wall = time.monotonic() - t0
             after, peak = rss_bytes(proc.pid), sampler.take_peak()
-            cpu1, k6cpu1 = cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu1, k6cpu1 = procstat.tree_cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
             server_cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
             k6_cpu = (k6cpu1.ru_utime + k6cpu1.ru_stime) - (k6cpu0.ru_utime + k6cpu0.ru_stime)
             answered = answered_queries(results / f"{path.stem}.json")
@@ -299,7 +231,9 @@ def main() -> int:
     finally:
         sampler.stop_event.set()
         t0 = time.monotonic()
-        code = stop(proc, args.stop_timeout)
+        code = server.stop(args.stop_timeout)
+        if code is None:
+            log(f"server {proc.pid} still running {args.stop_timeout:.0f}s after SIGTERM: killed")
         record["server_exit"] = code
         record["stop_s"] = round(time.monotonic() - t0, 1)
         record["total_s"] = round(time.monotonic() - t_start, 1)

@@ -23,7 +23,7 @@ LOADTEST_RELEVANCE_MIN ?= 0.6
 SOAK_DURATION ?= 10m
 LOADTEST_SCRIPTS := smoke load stress soak capacity
 
-LOADTEST_RUN = $(PYTHON) loadtest/run_with_server.py --k6 $(K6) --retriever $(VENV)/bin/retriever \
+LOADTEST_RUN = $(PY) loadtest/run_with_server.py --k6 $(K6) --retriever $(VENV)/bin/retriever \
 	--demo-limit $(LOADTEST_DEMO_LIMIT)
 
 # Script knobs (SINGLE_RATE, CAPACITY_QPS, ...) set on the make command line or in the environment

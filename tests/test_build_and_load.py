@@ -14,7 +14,7 @@ from app.builder import BuildError, BuildOptions, build
 from app.corpus import CorpusError, CorpusStore, convert_jsonl
 from app.encoder import BUNDLED_MODEL
 from app.manifest import Manifest
-from tests.helpers import run_cli, run_server, wait_ready
+from tests.helpers import run_cli, run_server
 
 TRICKY_ROWS = [
     {"id": "0", "contents": '"Zürich"\nZürich is the largest city in Switzerland — 日本語 too.', "lang": "de"},
@@ -153,7 +153,7 @@ def test_search_r1_artifacts_served_as_they_are(tmp_path: Path, encoder) -> None
     faiss.write_index(index, str(tmp_path / "e5_Flat.index"))
     args = ["--index-path", str(tmp_path / "e5_Flat.index"), "--corpus-path", str(corpus)]
     with run_server(args, tmp_path, wait=False) as server:
-        statuses = wait_ready(server.url, server.process)
+        statuses = server.wait_ready(interval=0.05)  # every status seen
         query = rows[7]["contents"]
         response = httpx.post(f"{server.url}/retrieve", json={"queries": [query], "topk": 2, "return_scores": True})
         top = response.json()["result"][0][0]
