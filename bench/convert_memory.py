@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -67,12 +66,10 @@ def child(source: Path, target: Path) -> None:
     import resource
 
     from app.corpus import convert_jsonl
+    from app.procstat import status_bytes
 
     def rss_now() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return status_bytes("self", "VmRSS") or 0
 
     after_imports = rss_now()
     started = time.perf_counter()
@@ -102,7 +99,6 @@ def main() -> int:
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        sys.path.insert(0, str(ROOT))
         child(*args.child)
         return 0
 
@@ -127,7 +123,6 @@ def main() -> int:
             text=True,
             timeout=args.timeout,
             cwd=ROOT,
-            env=os.environ | {"PYTHONPATH": str(ROOT)},
             check=False,
         )
         if done.returncode != 0:

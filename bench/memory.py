@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import re
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -36,12 +33,12 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from app import procstat
+from app.devtools.server import REPO, ServerNotReady, ServerProcess
+from app.loadclient import run_load
+from bench import memory_index
 
-from app.loadclient import run_load  # noqa: E402
-from bench import memory_index, memory_proc  # noqa: E402
+ROOT = REPO
 
 GIB = 1024**3
 MIB = 1024**2
@@ -78,53 +75,32 @@ class Run:
         return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def server_env() -> dict[str, str]:
-    """A clean environment: no RETRIEVER_* from the caller, its own metrics dir, offline model."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVER_")}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env["HF_HUB_OFFLINE"] = "1"
-    env["TRANSFORMERS_OFFLINE"] = "1"
-    return env
-
-
-_running: list[subprocess.Popen[bytes]] = []  # the server being measured, for the signal handler
+_running: list[ServerProcess] = []  # the server being measured, for the signal handler
 
 
 def _on_terminate(signum: int, _frame: object) -> None:
     """SIGTERM/SIGINT (e.g. make's hard timeout): kill the server under test by PID, then exit."""
-    for process in _running:
-        kill_tree(process.pid, signal.SIGKILL)
+    for server in _running:
+        server.kill()
     sys.exit(128 + signum)
 
 
 class Watchdog(threading.Thread):
     """Kills the server tree (by PID) if its total RSS passes a cap: a bound on the mmap-off copies."""
 
-    def __init__(self, root: int, cap_bytes: int) -> None:
+    def __init__(self, server: ServerProcess, cap_bytes: int) -> None:
         super().__init__(daemon=True)
-        self.root, self.cap = root, cap_bytes
+        self.server, self.cap = server, cap_bytes
         self.stop_event = threading.Event()
         self.tripped = 0
 
     def run(self) -> None:
         while not self.stop_event.wait(0.5):
-            rss = memory_proc.tree_rss(self.root)
+            rss = procstat.tree_rss(self.server.pid)
             if rss > self.cap:
                 self.tripped = rss
-                kill_tree(self.root, signal.SIGKILL)
+                self.server.kill()
                 return
-
-
-def kill_tree(root: int, sig: int) -> None:
-    for pid in [*memory_proc.descendants(root), root]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def all_ready(url: str, workers: int) -> tuple[bool, bool]:
@@ -146,7 +122,7 @@ def all_ready(url: str, workers: int) -> tuple[bool, bool]:
     return True, bool(ready and float(ready.group(1)) == 1.0 and len(pids) >= workers)
 
 
-def worker_pids(tree: memory_proc.TreeMemory, root: int, workers: int) -> set[int]:
+def worker_pids(tree: procstat.TreeMemory, root: int, workers: int) -> set[int]:
     if workers == 1:
         return {root}
     return {p.pid for p in tree.processes if p.role == "worker"}
@@ -172,29 +148,6 @@ def collect_info(url: str, pids: set[int], run: Run, tries: int = 80) -> None:
     run.index_mapped = all(bool(ix["mmap"]) for ix in seen.values())
 
 
-def stop(process: subprocess.Popen[bytes], known: list[int], timeout: float) -> float:
-    """SIGTERM, wait for the server and every process it had; SIGKILL (by PID) what outlives the wait."""
-    started = time.monotonic()
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    for pid in known:
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
-            if ") Z " in stat:
-                break
-            time.sleep(0.1)
-        if Path(f"/proc/{pid}").exists() and time.monotonic() >= deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    return time.monotonic() - started
-
-
 def evict(files: list[Path]) -> None:
     """Drop these files' pages from the page cache (POSIX_FADV_DONTNEED: only pages no process maps)."""
     for path in files:
@@ -214,40 +167,37 @@ def one_run(
     files_bytes = sum(p.stat().st_size for p in files)
     if not mmap:
         need = workers * (files[0].stat().st_size + GIB) + 2 * GIB
-        available = memory_proc.mem_available()
+        available = procstat.mem_available()
         if available < need:
             run.error = f"skipped: {workers} copies need ~{need / GIB:.1f} GiB, {available / GIB:.1f} available"
             return run
     cap = workers * (files_bytes + int(1.5 * GIB)) + GIB
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = index_dir.parent / f"server-{workers}w-mmap-{'on' if mmap else 'off'}.log"
-    command = [
-        str(RETRIEVER), "serve", "--index-dir", str(index_dir), "--host", "127.0.0.1", "--port", str(port),
-        "--workers", str(workers), "--mmap", "on" if mmap else "off", "--threads", str(args.threads),
-        "--log-level", args.server_log_level, "--graceful-timeout-s", "10",
+    args_ = [
+        "--index-dir", str(index_dir), "--workers", str(workers), "--mmap", "on" if mmap else "off",
+        "--threads", str(args.threads), "--log-level", args.server_log_level, "--graceful-timeout-s", "10",
     ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        started = time.monotonic()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env(), cwd=ROOT)
-    _running.append(process)
-    watchdog = Watchdog(process.pid, cap)
+    # A clean environment: no RETRIEVER_* from the caller, its own metrics dir, offline model.
+    server = ServerProcess(
+        args_, log_path, env={"TRANSFORMERS_OFFLINE": "1"}, clean_env=True, executable=[str(RETRIEVER)], cwd=ROOT
+    )
+    started = time.monotonic()
+    server.start()
+    url = server.url
+    _running.append(server)
+    watchdog = Watchdog(server, cap)
     watchdog.start()
-    known: list[int] = []
     try:
         ready_deadline = min(deadline - 10, started + args.ready_timeout)
-        while time.monotonic() < ready_deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode} before it was ready (see {log_path})")
+
+        def every_worker_ready() -> bool:
             health, every = all_ready(url, workers)
             if health and not run.first_ready_s:
                 run.first_ready_s = round(time.monotonic() - started, 2)
-            if every:
-                run.ready_s = time.monotonic() - started
-                break
-            time.sleep(0.25)
-        else:
-            raise RuntimeError(f"not every worker ready within {ready_deadline - started:.0f}s (see {log_path})")
+            return every
+
+        server.wait_until(every_worker_ready, timeout=max(0.0, ready_deadline - time.monotonic()), interval=0.25)
+        run.ready_s = time.monotonic() - started
         result = asyncio.run(
             run_load(url, args.requests, args.concurrency, queries_per_request=1, topk=3, timeout=120.0)
         )
@@ -255,13 +205,15 @@ def one_run(
         if result.ok != result.requests:
             raise RuntimeError(f"query load: {result.ok}/{result.requests} answered 200: {result.statuses}")
         time.sleep(1.0)
-        tree = memory_proc.tree_memory(process.pid, files)
-        known = [p.pid for p in tree.processes]
+        tree = procstat.tree_memory(server.pid, files)
         run.processes = tree.as_list()
         run.pss_total_bytes, run.rss_total_bytes = tree.pss_total, tree.rss_total
         run.mapped_pss_total_bytes = tree.mapped_pss_total
-        collect_info(url, worker_pids(tree, process.pid, workers), run)
+        collect_info(url, worker_pids(tree, server.pid, workers), run)
         run.ok = True
+    except ServerNotReady as exc:
+        print(exc, flush=True)  # with the server log's tail
+        run.error = f"{str(exc).splitlines()[0]} (see {log_path})"
     except Exception as exc:
         run.error = str(exc)
     finally:
@@ -269,9 +221,11 @@ def one_run(
         if watchdog.tripped:
             run.ok = False
             run.error = f"memory watchdog: tree RSS {watchdog.tripped / GIB:.1f} GiB > cap {cap / GIB:.1f} GiB"
-        known = known or [process.pid, *memory_proc.descendants(process.pid)]
-        run.stop_s = round(stop(process, known, timeout=max(5.0, min(30.0, deadline + 10 - time.monotonic()))), 2)
-        _running.remove(process)
+        stop_started = time.monotonic()
+        # Wait for every server process to be gone, so that the next run's PSS is not shared with a dying one.
+        server.stop(timeout=max(5.0, min(30.0, deadline + 10 - time.monotonic())), reap_tree=True)
+        run.stop_s = round(time.monotonic() - stop_started, 2)
+        _running.remove(server)
     return run
 
 

@@ -14,17 +14,14 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from app import procstat
+
 MIB = 1024**2
 
 
 def private_dirty() -> int:
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-        if line.startswith("Private_Dirty:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return procstat.rollup("self").get("Private_Dirty", 0)
 
 
 def worker(freeze: bool, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -36,7 +33,6 @@ def worker(freeze: bool, results: multiprocessing.Queue) -> None:  # type: ignor
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT))
     from app.server import PRELOAD_MODULES
 
     multiprocessing.set_forkserver_preload(list(PRELOAD_MODULES))

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from app import procstat
+from app.devtools.server import ServerNotReady, ServerProcess
 from app.loadclient import run, run_load
 from bench import report
 from bench.common import DATA_DIR, RESULTS, ROOT, TOPK, bench_queries, demo_index_dir, flat_index_dir, machine
@@ -85,57 +86,39 @@ def point_times(
 
 
 class Server:
-    """`retriever serve` as a child process on a free loopback port; stopped by its PID."""
+    """`retriever serve` in one mode on a free loopback port (app.devtools.server); stopped by its PID,
+    started again on the same port when a point needs it."""
 
     def __init__(self, index_dir: Path, mode: str, log_path: Path) -> None:
         self.index_dir, self.mode, self.log_path = index_dir, mode, log_path
+        args = [
+            "--index-dir", str(index_dir), "--log-level", "warning",
+            "--batching", "on" if mode == "batching" else "off", "--graceful-timeout-s", "1",
+        ]  # fmt: skip
+        self.harness = ServerProcess(args, log_path, env={"RETRIEVER_DATA_DIR": str(DATA_DIR)}, append_log=True)
+        self.url = self.harness.url
         self.process: subprocess.Popen[bytes] | None = None
-        self.url = ""
 
     def start(self, timeout: float = 300.0) -> float:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        command = [
-            sys.executable, "-m", "app", "serve", "--index-dir", str(self.index_dir),
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            "--batching", "on" if self.mode == "batching" else "off", "--graceful-timeout-s", "1",
-        ]  # fmt: skip
-        env = os.environ | {"HF_HUB_OFFLINE": "1", "RETRIEVER_DATA_DIR": str(DATA_DIR)}
         started = time.perf_counter()
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"server not ready within {timeout}s; see {self.log_path}")
+        self.process = self.harness.start().process
+        try:
+            self.harness.wait_ready(timeout)
+        except ServerNotReady:
+            self.stop()
+            raise
+        return time.perf_counter() - started
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        if self.process is not None:
+            self.process = None
+            self.harness.stop(10)
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process (all its threads) so far."""
         if self.process is None:
             return 0.0
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return procstat.cpu_seconds(self.process.pid) or 0.0
 
     def inflight(self) -> float:
         text = httpx.get(f"{self.url}/metrics", timeout=5).text

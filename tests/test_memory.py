@@ -25,7 +25,7 @@ from app.corpus import CORPUS_DIR_FILES, CorpusStore
 from app.demo import labelled_queries
 from app.index import FaissIndex, _file_is_mapped
 from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, record_files
-from bench.memory_proc import file_mappings, process_tree
+from app.procstat import file_mappings, maps_file, process_tree
 from tests.helpers import DEMO_LIMIT, ROOT, run_cli, run_server
 
 GIB = 1024**3
@@ -97,8 +97,7 @@ def test_info_reports_mmap_for_built_index_types(
         assert info["index"]["mmap"] is True, info["index"]["load"]
         assert "memory-mapped" in info["index"]["load"]
         # What /info says is what the process holds: the index file is in its memory map.
-        maps = Path(f"/proc/{info['pid']}/maps").read_text()
-        assert str((directory / INDEX_FILE).resolve()) in maps
+        assert maps_file(info["pid"], directory / INDEX_FILE)
         query, row = labelled
         answer = httpx.post(f"{server.url}/retrieve", json={"queries": [query], "topk": 3}, timeout=60)
         assert answer.status_code == 200

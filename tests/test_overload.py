@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from app.loadclient import run, run_load, run_open_loop
+from app.procstat import status_bytes
 from tests.helpers import run_server
 
 DURATION_S = 8.0
@@ -15,10 +16,7 @@ QPR = 16
 
 
 def peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return status_bytes(pid, "VmHWM") or 0
 
 
 @pytest.mark.parametrize(
