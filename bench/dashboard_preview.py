@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,8 +29,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "observability"))
-import obs_harness as h
+from app.devtools import observability as h
 
 Json = dict[str, Any]
 RATE_INTERVAL = "10s"  # what Grafana's $__rate_interval would be for 1 s scrapes over a short range

@@ -110,8 +110,8 @@ class ServerProcess:
     """`retriever serve --host 127.0.0.1 --port P ARGS` as a child process, stopped by its PID.
 
     The port is chosen once, so a restart (stop, start) comes back where a scraper looks for it.
-    `env` is added to this process's environment (or to a copy without RETRIEVER_* and
-    PROMETHEUS_MULTIPROC_DIR with `clean_env`); HF_HUB_OFFLINE=1 always, no model is downloaded.
+    `env` is added to this process's environment (without RETRIEVER_* with `clean_env`), less
+    PROMETHEUS_MULTIPROC_DIR; HF_HUB_OFFLINE=1 always: no model is downloaded.
     """
 
     def __init__(
@@ -155,7 +155,9 @@ class ServerProcess:
         env = dict(os.environ)
         if self.clean_env:
             env = {k: v for k, v in env.items() if not k.startswith("RETRIEVER_")}
-            env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        # The server makes its own multiprocess metrics directory per start when this is unset; one
+        # inherited from the caller would mix the metrics of servers started one after another.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env["HF_HUB_OFFLINE"] = "1"
         return env | self.extra_env
 
