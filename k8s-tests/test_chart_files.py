@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CHART, REPO
+from chart_helpers import CHART, REPO
 
 PAIRS = [
     (REPO / "dashboards", CHART / "files" / "dashboards", "*.json"),

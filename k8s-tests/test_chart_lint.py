@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CHART, CI_VALUES, ci_id, helm, render, render_error
+from chart_helpers import CHART, CI_VALUES, ci_id, helm, render, render_error
 
 # The deployment scenarios the ci values must cover; deleting one of them must fail the suite.
 REQUIRED_CI = {

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CHART, REPO, tool_path
+from chart_helpers import CHART, REPO, tool_path
 
 SKIPS_FILE = REPO / "k8s-tests" / "checkov-skips.yaml"
 

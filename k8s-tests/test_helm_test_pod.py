@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Rendered, ci, env_of, render
+from chart_helpers import Rendered, ci, env_of, render
 from stub_server import GOOD, stub_server
 
 

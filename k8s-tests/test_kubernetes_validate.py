@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CI_VALUES, ci_id, render, tool_path
+from chart_helpers import CI_VALUES, ci_id, render, tool_path
 
 VERSIONS = [f"1.{minor}" for minor in range(29, 38)]
 CRD_KINDS = {("ServiceMonitor", "monitoring.coreos.com/v1"), ("PrometheusRule", "monitoring.coreos.com/v1")}

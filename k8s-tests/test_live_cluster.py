@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import CHART, helm
+from chart_helpers import CHART, helm
 
 PORT = 8000
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CHART, NAMESPACE, RELEASE, ci, helm, tool_path
+from chart_helpers import CHART, NAMESPACE, RELEASE, ci, helm, tool_path
 from stub_server import GOOD, stub_server
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, render
+from chart_helpers import REPO, render
 
 from app.corpus import CorpusWriter
 from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, record_files

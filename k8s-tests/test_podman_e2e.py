@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -38,7 +37,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import REPO, render, tool_path
+from chart_helpers import REPO, render, tool_path
+
+from app.devtools.server import ServerNotReady, free_port, wait_http_ok
 
 IMAGE = os.environ.get("RETRIEVER_E2E_IMAGE", "localhost/retriever:dev")
 RELEASE = "retriever-e2e"  # contains the chart name, so every object is named "retriever-e2e"
@@ -82,12 +83,6 @@ def quantity_bytes(q: str) -> int:
         "T": 10**12,
     }
     return int(float(m.group(1)) * scale[m.group(2)])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -177,26 +172,24 @@ def pod(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
         assert len(pods) == 1, f"expected one pod {POD_PREFIX}*, found {pods}: {played.stdout}{played.stderr}"
         container = _server_container(pods[0])
         base = f"http://127.0.0.1:{manifest['port']}"
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        last = "no answer"
-        with httpx.Client(base_url=base, timeout=5) as client:
-            while time.monotonic() < deadline:
-                state = _state(container).get("State", {})
-                if state.get("Status") not in ("running", "created", "configured", "initialized"):
-                    pytest.fail(
-                        f"container {container} is {state.get('Status')} (exit {state.get('ExitCode')}):\n"
-                        + _logs(container)
-                    )
-                try:
-                    r = client.get("/health")
-                    last = f"{r.status_code} {r.text[:300]}"
-                    if r.status_code == 200:
-                        break
-                except httpx.TransportError as exc:
-                    last = repr(exc)
-                time.sleep(1)
-            else:
-                pytest.fail(f"/health not 200 within {HEALTH_TIMEOUT_S}s (last: {last}):\n{_logs(container)}")
+
+        def container_gone() -> str | None:
+            state = _state(container).get("State", {})
+            if state.get("Status") in ("running", "created", "configured", "initialized"):
+                return None
+            return f"is {state.get('Status')} (exit {state.get('ExitCode')})"
+
+        try:
+            wait_http_ok(
+                f"{base}/health",
+                timeout=HEALTH_TIMEOUT_S,
+                what=f"container {container}",
+                gone=container_gone,
+                log=lambda: _logs(container),
+                interval=1.0,
+            )
+        except ServerNotReady as exc:
+            pytest.fail(str(exc))
         yield {**manifest, "base": base, "container": container}
     finally:
         podman("kube", "down", path, check=False, timeout=180)
