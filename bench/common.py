@@ -1,4 +1,6 @@
-"""What every benchmark shares: paths, the fixed query set, the indexes, a description of the machine."""
+"""What every benchmark shares: paths, the fixed query set, the demo index, a description of the machine,
+the manifest of a synthetic index. It imports no other bench module (bench/synthetic.py and
+bench/memory_index.py build on it), so there is no import circle."""
 
 from __future__ import annotations
 
@@ -35,12 +37,6 @@ def demo_index_dir() -> Path:
         return built
     print("bench: building the demo index (once, several minutes on 2 cores)", flush=True)
     return ensure_demo_index(DATA_DIR)
-
-
-def flat_index_dir() -> Path:
-    from bench.synthetic import ensure_flat_index
-
-    return ensure_flat_index()
 
 
 def _read(path: str) -> str:

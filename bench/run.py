@@ -33,7 +33,8 @@ from app import procstat
 from app.devtools.server import ServerNotReady, ServerProcess
 from app.loadclient import run, run_load
 from bench import report
-from bench.common import DATA_DIR, RESULTS, ROOT, TOPK, bench_queries, demo_index_dir, flat_index_dir, machine
+from bench.common import DATA_DIR, RESULTS, ROOT, TOPK, bench_queries, demo_index_dir, machine
+from bench.synthetic import ensure_flat_index
 
 CONCURRENCY = (1, 8, 64, 256)
 # Time an index needs besides its sweep's load points: offline sweep, server starts, paired rounds.
@@ -423,7 +424,7 @@ def main() -> int:
     log_path.write_bytes(b"")
     queries = bench_queries()
     info = machine()
-    dirs = {"demo": demo_index_dir, "flat1m": flat_index_dir}
+    dirs = {"demo": demo_index_dir, "flat1m": ensure_flat_index}
     results: dict[str, Any] = {"indexes": {}, "machine": info}
     names = args.indexes.split(",")
     for position, name in enumerate(names):

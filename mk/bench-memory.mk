@@ -17,7 +17,7 @@ BENCH_MEMORY_ARGS ?=
 
 .PHONY: bench-memory bench-convert-memory
 bench-memory: install ## memory per worker (1/2/4 workers, mmap on/off) on a 2 GiB index; < 5 min
-	timeout -k 10 300 $(PY) bench/memory.py --budget-s $(BENCH_MEMORY_BUDGET_S) $(BENCH_MEMORY_ARGS)
+	timeout -k 10 300 $(PY) -m bench.memory --budget-s $(BENCH_MEMORY_BUDGET_S) $(BENCH_MEMORY_ARGS)
 
 bench-convert-memory: install ## peak RSS converting a 1 GiB Search-R1 jsonl (limit 300 MB)
 	timeout -k 10 900 $(PY) bench/convert_memory.py
