@@ -8,8 +8,9 @@ Builds (or reuses) a synthetic Flat index of >= 2 GiB plus a matching corpus sto
   pss/rss_total      summed over every process of the server (supervisor, resource tracker, workers)
                      from /proc/PID/smaps_rollup, after the same query load
   mapped_pss_total   PSS of the index.faiss + corpus store mappings (/proc/PID/smaps), summed
-It writes bench/results/memory.json and memory.md and prints the issue's three checks with ratios;
-the exit status is 1 when a check fails or a run could not complete.
+It writes bench/results/memory.json and memory.md and prints the three checks (mapping PSS per node,
+PSS growth per worker, mapped load time) with ratios; the exit status is 1 when a check fails or a
+run could not complete.
 
 Everything is bounded: one overall budget (default 280 s, the make target adds a hard timeout),
 per-run readiness deadlines, a memory watchdog for the mmap-off copies, and a stop that waits for
@@ -57,7 +58,7 @@ class Run:
     mapped_pss_total_bytes: int = 0
     index_load_s: float = 0.0
     ready_s: float = 0.0
-    # -- details (not part of the issue's schema, kept for the reader)
+    # -- details (not part of the runs' schema in memory.json, kept for the reader)
     ok: bool = False
     error: str = ""
     first_ready_s: float = 0.0

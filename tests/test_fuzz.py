@@ -5,7 +5,7 @@ undeclared methods) and its fuzzing phase (Hypothesis-generated valid *and* inva
 against the real server on loopback, with every built-in check: no 5xx, status codes,
 content types, headers and bodies as the schema documents them, invalid data refused,
 valid data accepted, 405s listing the allowed methods. Then this test re-reads every
-recorded response and checks what the issue adds: no stack trace in any body, and every
+recorded response and checks what the project's bad-input rule adds: no stack trace in any body, and every
 error is JSON `{"detail": ...}` naming the problem.
 
 Bounded and deterministic: a fixed seed, a fixed number of examples, no example database
