@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
+from app import procstat
 from app.corpus import read_sequentially
 from app.errors import RetrieverError
 
@@ -43,12 +44,7 @@ class LoadReport:
 
 def _file_is_mapped(path: Path) -> bool:
     """True when this process holds a mapping of `path` (what FAISS really did, not what we asked)."""
-    target = str(path.resolve())
-    try:
-        with open("/proc/self/maps") as maps:
-            return any(line.rstrip("\n").endswith(target) for line in maps)
-    except OSError:
-        return False
+    return procstat.maps_file("self", path)
 
 
 def index_type_name(index: faiss.Index) -> str:

@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from app import procstat
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DATA_DIR = ROOT / ".cache"
@@ -55,9 +57,7 @@ def machine() -> dict[str, Any]:
     cpu = next(
         (line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines() if "model name" in line), ""
     )
-    mem_kib = next(
-        (int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), 0
-    )
+    mem_bytes = procstat.meminfo("MemTotal")
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
@@ -67,7 +67,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu or platform.processor(),
         "cores": len(os.sched_getaffinity(0)),
-        "memory_gib": round(mem_kib / 2**20, 1),
+        "memory_gib": round(mem_bytes / 2**30, 1),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "faiss": faiss.__version__,
