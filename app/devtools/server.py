@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -254,17 +254,3 @@ class ServerProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         process.wait(10)
-
-
-@contextlib.contextmanager
-def running_server(
-    args: list[str], log_path: Path, *, timeout: float = 180.0, wait: bool = True, stop_timeout: float = 30.0, **kwargs
-) -> Iterator[ServerProcess]:
-    """A started server (ready unless `wait=False`), stopped by PID on the way out."""
-    server = ServerProcess(args, log_path, **kwargs).start()
-    try:
-        if wait:
-            server.wait_ready(timeout)
-        yield server
-    finally:
-        server.stop(stop_timeout)
