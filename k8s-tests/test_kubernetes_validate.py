@@ -4,7 +4,7 @@ are errors) against the API schemas of Kubernetes 1.29 through 1.37.
 kubernetes-validate ships the schemas of the built-in kinds only. ServiceMonitor and PrometheusRule are
 prometheus-operator CRDs (monitoring.coreos.com/v1): for them it can only WARN "Couldn't find schema".
 Those two warnings, and no other, are accepted here; the CRD objects' fields are asserted field by
-field in test_chart_rules.py (endpoints, selector, labels, rule groups) instead.
+field in test_servicemonitor.py and test_prometheusrule.py instead.
 """
 
 from __future__ import annotations

@@ -176,7 +176,8 @@ def test_every_contract_metric_is_on_the_dashboard() -> None:
 def test_every_external_metric_has_a_panel_fallback_or_is_listed() -> None:
     """A query that reads only external metrics shows nothing without kube-state-metrics/cAdvisor.
 
-    Those queries must be listed, with the reason, in obs_harness.EXTERNAL_ONLY_PANELS; nothing else may be.
+    Those queries must be listed, with the reason, in EXTERNAL_ONLY_PANELS (app.devtools.observability);
+    nothing else may be.
     """
     external_only = {(q.panel_title, q.ref_id) for q in QUERIES if h.metric_names(q.expr) <= set(h.EXTERNAL_METRICS)}
     assert external_only == set(h.EXTERNAL_ONLY_PANELS), external_only

@@ -8,7 +8,7 @@ queue, deliberate client errors) -> the service restarted (a not-ready window, a
 
 Then every query of every dashboard panel, every recording rule and every alert's signal is run through
 Prometheus' HTTP API (range query over the scenario): each must parse and return finite data, except the
-few that only read kube-state-metrics, listed in obs_harness.EXTERNAL_ONLY_* with the reason.
+few that only read kube-state-metrics, listed in EXTERNAL_ONLY_PANELS and EXTERNAL_ONLY_RULES with the reason.
 """
 
 from __future__ import annotations
