@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chart_helpers import (
-    CHART,
-    FULLNAME,
-    ci,
-    render,
-)
+from chart_helpers import CHART, FULLNAME, ci, render
 
 
 def test_one_dashboard_configmap_per_chart_dashboard() -> None:

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from chart_helpers import (
-    ci,
-    env_of,
-    render,
-    render_error,
-)
+from chart_helpers import ci, env_of, render, render_error
 
 
 def test_extra_env_and_server_settings() -> None:

@@ -6,15 +6,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_helpers import (
-    ci,
-    container,
-    env_of,
-    mount,
-    render,
-    render_error,
-    volume,
-)
+from chart_helpers import ci, container, env_of, mount, render, render_error, volume
 
 
 def test_index_source_none_serves_the_baked_demo() -> None:

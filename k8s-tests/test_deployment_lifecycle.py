@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from chart_helpers import (
-    Rendered,
-    env_of,
-    render,
-    render_error,
-)
+from chart_helpers import Rendered, env_of, render, render_error
 
 
 def test_probes(ci_rendered: Rendered) -> None:

@@ -7,12 +7,7 @@ from decimal import Decimal
 
 import pytest
 import yaml
-from chart_helpers import (
-    ci,
-    env_of,
-    render,
-    render_error,
-)
+from chart_helpers import ci, env_of, render, render_error
 
 
 def formula_gib(index: float, corpus: float, model: float, workers: int, per_worker: float, headroom: float) -> int:

@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import yaml
-from chart_helpers import (
-    Rendered,
-    ci,
-    pod_labels,
-    render,
-    render_error,
-    selector_labels,
-)
+from chart_helpers import Rendered, ci, pod_labels, render, render_error, selector_labels
 
 
 def test_required_pod_anti_affinity_on_hostname(ci_rendered: Rendered) -> None:

@@ -5,12 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from chart_helpers import (
-    Rendered,
-    ci,
-    render,
-    render_error,
-)
+from chart_helpers import Rendered, ci, render, render_error
 
 
 def test_no_hpa_by_default() -> None:

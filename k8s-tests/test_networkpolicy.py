@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import yaml
-from chart_helpers import (
-    ci,
-    render,
-    selector_labels,
-)
+from chart_helpers import ci, render, selector_labels
 
 
 def test_network_policy() -> None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from chart_helpers import (
-    Rendered,
-    selector_labels,
-)
+from chart_helpers import Rendered, selector_labels
 
 
 def test_pdb(ci_rendered: Rendered) -> None:

@@ -6,12 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from chart_helpers import (
-    CHART,
-    ci,
-    render,
-    render_error,
-)
+from chart_helpers import CHART, ci, render, render_error
 
 
 def _alert_groups(chart: Path) -> list[dict[str, Any]]:

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-from chart_helpers import (
-    FULLNAME,
-    ci,
-    env_of,
-    mount,
-    render,
-    render_error,
-    volume,
-)
+from chart_helpers import FULLNAME, ci, env_of, mount, render, render_error, volume
 
 
 def test_auth_secret_created_from_values() -> None:

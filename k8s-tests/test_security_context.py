@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chart_helpers import (
-    Rendered,
-    env_of,
-    mount,
-    volume,
-)
+from chart_helpers import Rendered, env_of, mount, volume
 
 
 def _all_pod_specs(r: Rendered) -> list[dict[str, Any]]:

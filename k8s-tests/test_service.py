@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from chart_helpers import (
-    FULLNAME,
-    Rendered,
-    selector_labels,
-)
+from chart_helpers import FULLNAME, Rendered, selector_labels
 
 
 def test_service(ci_rendered: Rendered) -> None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from chart_helpers import (
-    ci,
-    render,
-)
+from chart_helpers import ci, render
 
 
 def test_monitoring_objects_are_optional() -> None:
