@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from app.devtools.server import ServerProcess
 
+from app.devtools.server import ServerProcess
 from app.loadclient import run, run_load
 from bench.common import DATA_DIR, RESULTS, ROOT, bench_queries, demo_index_dir, machine
 from bench.rollout_trace import rollout_trace

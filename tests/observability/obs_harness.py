@@ -77,6 +77,7 @@ EXTERNAL_METRICS: dict[str, str] = {
     "kube_pod_container_status_restarts_total": "kube-state-metrics",
     "container_cpu_usage_seconds_total": "cAdvisor (kubelet)",
     "container_memory_working_set_bytes": "cAdvisor (kubelet)",
+    "container_memory_rss": "cAdvisor (kubelet)",
 }
 EXTERNAL_ONLY_RULES: dict[str, str] = {
     "namespace_pod:retriever_memory_limit_bytes:max": "kube_pod_container_resource_limits (KSM)",
