@@ -56,6 +56,11 @@ def build(options: BuildOptions) -> Manifest:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         manifest = _build_into(tmp, options)
+        if options.export_onnx:
+            # Exported now, into the directory being built: nothing is exported at serve time.
+            from app.encoder_onnx import export_checked
+
+            export_checked(options.model or manifest.model, tmp, manifest)
         _replace_dir(tmp, out)
         return manifest
     except OSError as exc:

@@ -119,6 +119,9 @@ class BuildOptions:
     force: bool = field(default=False, metadata=flag("replace an existing output directory"))
     progress: bool = field(default=True, metadata=flag("no progress bar"))
     allow_download: bool = field(default=False, metadata=flag("let the model loader reach a hub"))
+    export_onnx: bool = field(
+        default=False, metadata=flag("also export the model for --encoder-runtime onnx / openvino (checked)")
+    )
     on_progress: Callable[[float], None] | None = None  # fraction of the corpus read, for /health
 
     def encoder_config(self) -> EncoderConfig:

@@ -107,3 +107,13 @@ def test_serving_on_onnx_without_an_export_says_how_to_make_one(demo_index: Path
         log = server.log()
     assert server.process.returncode == 3
     assert "retriever export-onnx" in log and "Traceback" not in log
+
+
+def test_build_can_export_the_model_as_it_builds(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    assert run_cli("demo-corpus", str(corpus), "--limit", "20").returncode == 0
+    out = tmp_path / "index"
+    result = run_cli("build", "--corpus", str(corpus), "--out", str(out), "--export-onnx", "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = OnnxRuntimeEncoder(out / ONNX_DIR).config
+    assert config.dimension == 384 and config.pooling == "mean" and config.normalize is True
