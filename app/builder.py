@@ -13,18 +13,19 @@ import errno
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
 import numpy as np
-from tqdm import tqdm
 
 from app.corpus import CORPUS_DIR_FILES, ConversionReport, CorpusStore, CorpusWriter, iter_jsonl
 from app.encoder import SentenceTransformerEncoder
 from app.errors import RetrieverError
 from app.index import FaissIndex
 from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest, record_files
+from app.progress import Progress
 from app.spec import BuildOptions
 
 log = logging.getLogger(__name__)
@@ -130,19 +131,16 @@ def _build_into(tmp: Path, options: BuildOptions) -> Manifest:
     with _writing(options.out / CORPUS_DIR):
         writer = CorpusWriter(tmp / CORPUS_DIR)
     total = options.corpus.stat().st_size
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="build", disable=not options.progress)
+    bar = Progress(
+        "build: encoding passages",
+        total,
+        "B",
+        mode="auto" if options.progress else "off",
+        on_fraction=options.on_progress,
+    )
     training: list[np.ndarray] = []
     training_rows = 0
-    done = 0
-
-    def on_bytes(count: int) -> None:
-        nonlocal done
-        done += count
-        bar.update(count)
-        if options.on_progress is not None:
-            options.on_progress(done / max(total, 1))
-
-    rows = iter_jsonl(options.corpus, report, options.skip_invalid, on_bytes=on_bytes)
+    rows = iter_jsonl(options.corpus, report, options.skip_invalid, on_bytes=bar.update)
     try:
         with _writing(options.out / CORPUS_DIR):
             for chunk in _chunks(rows, options.chunk_size):
@@ -159,7 +157,7 @@ def _build_into(tmp: Path, options: BuildOptions) -> Manifest:
             if not index.is_trained:
                 _train_and_flush(index, training)
     finally:
-        bar.close()
+        bar.close(ok=sys.exc_info()[0] is None)
         with _writing(options.out / CORPUS_DIR):
             writer.close()
     if report.rows == 0:

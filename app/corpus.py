@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from app.errors import RetrieverError
+from app.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -303,18 +304,11 @@ def ensure_corpus_store(
             return store_dir
         tmp = store_dir.parent / f".{store_dir.name}.converting-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        done = 0
-
-        def on_bytes(count: int) -> None:
-            nonlocal done
-            done += count
-            if on_progress is not None:
-                on_progress(done / max(stat.st_size, 1))
-
         if on_stage is not None:
             on_stage(f"converting corpus {corpus_path.name} (once, cached in {store_dir})")
         try:
-            report = convert_jsonl(corpus_path, tmp, skip_invalid=False, on_bytes=on_bytes)
+            with Progress(f"converting {corpus_path.name}", stat.st_size, "B", on_fraction=on_progress) as progress:
+                report = convert_jsonl(corpus_path, tmp, skip_invalid=False, on_bytes=progress.update)
             (tmp / "source.json").write_text(json.dumps({"source": source, "rows": report.rows}))
             shutil.rmtree(store_dir, ignore_errors=True)
             os.rename(tmp, store_dir)

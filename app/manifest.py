@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.errors import RetrieverError
+from app.progress import Progress
 
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index.faiss"
@@ -63,8 +65,8 @@ class Manifest:
             raise ManifestError(f"{path}: format version {manifest.format_version}, expected {FORMAT_VERSION}")
         return manifest
 
-    def check_files(self, directory: Path, checksums: bool) -> None:
-        """Sizes always (cheap, catches truncation); sha256 when asked (reads every byte)."""
+    def check_files(self, directory: Path, checksums: bool, on_fraction: Callable[[float], None] | None = None) -> None:
+        """Sizes always (cheap, catches truncation); sha256 when asked (reads every byte, with progress)."""
         for name, record in self.files.items():
             path = directory / name
             if not path.is_file():
@@ -72,15 +74,22 @@ class Manifest:
             size = path.stat().st_size
             if size != record.bytes:
                 raise ManifestError(f"{path}: {size} bytes, the manifest says {record.bytes} (truncated or replaced)")
-            if checksums and sha256_file(path) != record.sha256:
-                raise ManifestError(f"{path}: sha256 does not match the manifest (corrupted)")
+        if not checksums:
+            return
+        total = sum(record.bytes for record in self.files.values())
+        with Progress("verify: sha256", total, "B", on_fraction=on_fraction) as progress:
+            for name, record in self.files.items():
+                if sha256_file(directory / name, on_bytes=progress.update) != record.sha256:
+                    raise ManifestError(f"{directory / name}: sha256 does not match the manifest (corrupted)")
 
 
-def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
+def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024, on_bytes: Callable[[int], None] | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
+            if on_bytes is not None:
+                on_bytes(len(block))
     return digest.hexdigest()
 
 

@@ -22,6 +22,7 @@ from app.errors import LoadError
 from app.index import FaissIndex
 from app.lanes import Helpers
 from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest
+from app.progress import Progress
 from app.settings import Settings
 from app.spec import EncoderSpec, IndexSpec, resolve_encoder, resolve_index
 
@@ -108,7 +109,9 @@ def resolve_sources(settings: Settings, status: Status) -> Sources:
     manifest = Manifest.read(index_dir)
     if settings.verify_checksums:
         status.set_stage("verifying checksums")
-    manifest.check_files(index_dir, checksums=settings.verify_checksums)
+    manifest.check_files(
+        index_dir, checksums=settings.verify_checksums, on_fraction=lambda f: setattr(status, "progress", f)
+    )
     return Sources(index_dir / INDEX_FILE, index_dir / CORPUS_DIR, manifest)
 
 
@@ -206,20 +209,23 @@ def warm_up(retriever: Retriever, status: Status, step: int = WARMUP_STEP_BYTES)
     total = max(sum(sizes), 1)
     started = time.perf_counter()
 
-    def report(done: float) -> None:
-        status.warmup_progress = min(1.0, done / total)
+    def report(fraction: float) -> None:
+        status.warmup_progress = fraction
         if blocking:
             status.progress = status.warmup_progress
         metrics.WARMUP_PROGRESS.set(status.warmup_progress)
 
+    progress = Progress("warm-up: reading index and corpus pages", total, "B", on_fraction=report)
     try:
         if index_bytes:
-            retriever.index.touch_pages(lambda fraction: report(fraction * sizes[0]), step)
-        retriever.corpus.touch_pages(lambda fraction: report(sizes[0] + fraction * sizes[1]), step)
+            retriever.index.touch_pages(lambda fraction: progress.set(fraction * sizes[0]), step)
+        retriever.corpus.touch_pages(lambda fraction: progress.set(sizes[0] + fraction * sizes[1]), step)
     except Exception as exc:  # warm-up is an optimisation; serving goes on
+        progress.close(ok=False)
         log.warning("warm-up failed: %s", exc)
         status.warmup = "failed"
         return
+    progress.close()
     status.warmup, status.warmup_progress = "done", 1.0
     metrics.WARMUP_PROGRESS.set(1.0)
     log.info("warm-up done: %.1f MiB in %.2fs", sum(sizes) / 2**20, time.perf_counter() - started)
