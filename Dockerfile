@@ -62,7 +62,7 @@ RUN site=$(python3 -c "import sysconfig; print(sysconfig.get_path('purelib'))") 
 # The service itself as a wheel (installed into the runtime stage on top of the deps venv, so a code
 # change does not copy the 1.5 GB venv again), installed here too for the demo build and `pip check`.
 FROM deps AS builder
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY app/ /src/app/
 RUN pip wheel --no-deps -w /dist /src \
  && pip install --no-deps /dist/*.whl \
@@ -123,14 +123,21 @@ EXPOSE 8000
 # Exec form: uvicorn is PID 1 and gets SIGTERM directly, for a graceful drain.
 ENTRYPOINT ["retriever", "serve"]
 
-# Last, so that a new revision only re-labels the image.
+# Last, so that a new revision only re-labels the image. `make image` passes VERSION (app/__init__.py),
+# REVISION (git) and CREATED (the build time, RFC 3339); SOURCE_URL for a fork that publishes its own.
 ARG VERSION=0.1.0
 ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE_URL=https://github.com/retriever/retriever
 ARG DEMO_LIMIT=1000
 LABEL org.opencontainers.image.title="retriever" \
       org.opencontainers.image.description="Dense-retrieval server (FAISS + sentence-transformers) speaking Search-R1's POST /retrieve" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.url="${SOURCE_URL}" \
+      org.opencontainers.image.documentation="${SOURCE_URL}/blob/main/docker/README.md" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.retriever.demo-articles="${DEMO_LIMIT}" \
       io.retriever.index-dir="/data/index" \

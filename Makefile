@@ -42,12 +42,12 @@ test-py: install tools-k6 $(TEST_PY_DEPS)
 test: test-fast test-py $(TEST_TARGETS) ## every test suite (what CI runs)
 
 lint: install ## ruff check + format check
-	$(VENV)/bin/ruff check app tests k8s-tests bench loadtest dashboards docker
-	$(VENV)/bin/ruff format --check app tests k8s-tests bench loadtest dashboards docker
+	$(VENV)/bin/ruff check app tests k8s-tests bench loadtest dashboards docker tools
+	$(VENV)/bin/ruff format --check app tests k8s-tests bench loadtest dashboards docker tools
 
 format: install
-	$(VENV)/bin/ruff check --fix app tests k8s-tests bench loadtest dashboards docker
-	$(VENV)/bin/ruff format app tests k8s-tests bench loadtest dashboards docker
+	$(VENV)/bin/ruff check --fix app tests k8s-tests bench loadtest dashboards docker tools
+	$(VENV)/bin/ruff format app tests k8s-tests bench loadtest dashboards docker tools
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .cache

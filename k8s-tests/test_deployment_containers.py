@@ -21,9 +21,9 @@ def test_server_settings_cannot_override_chart_managed_env() -> None:
 
 
 def test_images() -> None:
-    assert render().server["image"] == "ghcr.io/retriever/retriever:0.1.0"
+    assert render().server["image"] == "localhost:5000/retriever:0.1.0"
     assert render([ci("auth")]).server["image"] == "localhost/retriever:dev"
     digest = "sha256:" + "ab" * 32
-    assert render(set_values={"image.digest": digest}).server["image"] == f"ghcr.io/retriever/retriever@{digest}"
+    assert render(set_values={"image.digest": digest}).server["image"] == f"localhost:5000/retriever@{digest}"
     r = render([ci("auth")])
     assert r.test_pod["spec"]["containers"][0]["image"] == r.server["image"]

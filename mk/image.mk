@@ -13,6 +13,8 @@
 #   - podman 4.3 here needs runc, cgroupfs and explicit ulimits: docker/containers.conf.
 
 IMAGE ?= localhost/retriever:dev
+# The one version (app/__init__.py): image label, chart version and appVersion (mk/package.mk).
+APP_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' app/__init__.py)
 IMAGE_PORT ?= 8000
 # Articles in the baked demo index; the build embeds 10-30 per second on 2 cores (1000: 1-2 min).
 DEMO_LIMIT ?= 1000
@@ -92,6 +94,8 @@ image: base-image $(if $(filter 1,$(IMAGE_OFFLINE)),wheelhouse) ## build $(IMAGE
 		--build-arg TORCH_VERSION=$(TORCH_VERSION) \
 		--build-arg DEMO_LIMIT=$(DEMO_LIMIT) \
 		--build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+		--build-arg VERSION=$(APP_VERSION) \
+		--build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
 		-t $(IMAGE) . >$(IMAGE_BUILD_DIR)/build.log 2>&1 \
 		|| { tail -40 $(IMAGE_BUILD_DIR)/build.log; echo "podman build failed: $(IMAGE_BUILD_DIR)/build.log" >&2; exit 1; }; \
 	echo "$(IMAGE): built in $$(( $$(date +%s) - start )) s," \
