@@ -37,7 +37,7 @@ import httpx
 from app import procstat
 from app.devtools.server import REPO, ServerNotReady, ServerProcess
 from app.loadclient import run_load
-from bench import memory_index
+from bench import memory_index, memory_plot
 
 ROOT = REPO
 
@@ -417,12 +417,13 @@ def main() -> int:
     stem = "memory-cold" if args.cold else "memory"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(report, runs, check_rows))
+    memory_plot.plot(report, args.out / f"{stem}.png")
 
     print("checks:")
     for c in check_rows:
         extra = {k: v for k, v in c.items() if k not in ("check", "pass")}
         print(f"  [{'pass' if c['pass'] else 'FAIL'}] {c['check']}: {extra}")
-    print(f"wrote {args.out / stem}.json and {stem}.md in {report['elapsed_s']}s")
+    print(f"wrote {args.out / stem}.json, {stem}.md and {stem}.png in {report['elapsed_s']}s")
     failed = [r for r in runs if not r.ok and not r.error.startswith("skipped")]
     failed_checks = [c for c in check_rows if not c["pass"]]
     wanted = {(1, True), (4, True), (1, False)} <= set(plan(args))

@@ -71,6 +71,19 @@ class RssSampler(threading.Thread):
         return peak
 
 
+def html_report_env(report: Path) -> dict[str, str]:
+    """k6's web dashboard, exported as one self-contained HTML file at the end of the run (it needs no
+    network to open). Port -1: no dashboard web server, so k6 exits at the end and parallel runs
+    cannot collide on :5665. A 1 s aggregation period, so that even the 5 s smoke run has enough
+    samples (with the default 10 s k6 skips the report as "not enough data")."""
+    return {
+        "K6_WEB_DASHBOARD": "true",
+        "K6_WEB_DASHBOARD_PORT": "-1",
+        "K6_WEB_DASHBOARD_PERIOD": "1s",
+        "K6_WEB_DASHBOARD_EXPORT": str(report),
+    }
+
+
 def answered_queries(summary: Path) -> int | None:
     """queries_answered from a script's handleSummary JSON, if it wrote one this run."""
     try:
@@ -168,6 +181,8 @@ def main() -> int:
         # --address "": no k6 REST API on :6565, so parallel k6 runs cannot collide
         k6_env = dict(os.environ, HF_HUB_OFFLINE="1", BASE_URL=url, RESULTS_DIR=str(results), K6_NO_USAGE_REPORT="true")
         for path in scripts:
+            report = results / f"{path.stem}-report.html"
+            report.unlink(missing_ok=True)
             limit = args.k6_timeout
             if path.stem == "soak":
                 limit = max(limit, duration_s(os.environ.get("SOAK_DURATION", "10m")) + 180)
@@ -179,7 +194,7 @@ def main() -> int:
             try:
                 rc = subprocess.run(
                     [args.k6, "run", "--quiet", "--no-color", "--address", "", *args.k6_arg, str(path)],
-                    env=k6_env,
+                    env=k6_env | html_report_env(report),
                     timeout=limit,
                 ).returncode
             except subprocess.TimeoutExpired:
@@ -220,6 +235,12 @@ def main() -> int:
                     f"k6 {1000 * k6_cpu / answered:.2f} ms -> at most {os.cpu_count() / per_q:.0f} queries/s "
                     f"on {os.cpu_count()} idle cores"
                 )
+            entry["html_report"] = str(report) if report.is_file() else None
+            if report.is_file():
+                log(f"HTML report: {report}")
+            else:
+                log(f"k6 wrote no HTML report {report}")
+                failed = True
             failed |= rc != 0
             if not alive:
                 log(f"server died during {path.name} (exit {proc.returncode})")

@@ -5,8 +5,10 @@
 #                              the real server with 1, 2 and 4 workers, mmap on and off; PSS/RSS of
 #                              every server process after the same query load, index load time,
 #                              start-to-ready. Writes memory.json + memory.md, prints the issue's
-#                              checks with ratios, exits 1 when one fails. Bounded: the script stops
-#                              starting runs after BENCH_MEMORY_BUDGET_S, `timeout` ends it at 300 s.
+#                              checks with ratios, exits 1 when one fails; memory.png plots PSS
+#                              against workers, mapped vs not (bench/memory_plot.py). Bounded: the
+#                              script stops starting runs after BENCH_MEMORY_BUDGET_S, `timeout`
+#                              ends it at 300 s.
 #   make bench-convert-memory  peak RSS of converting a generated 1 GiB Search-R1 jsonl (~1 GB more
 #                              on disk while it runs); fails above 300 MB.
 #
