@@ -1,4 +1,13 @@
-"""`retriever` command line: serve, build, plan, verify, load, demo-corpus."""
+"""`retriever` command line: serve, build, plan, verify, load, demo-corpus.
+
+Exit codes (the same for every command; EXIT_CODES below is what `--help` prints):
+  0  ok
+  1  `retriever load` finished but some requests failed
+  2  usage or configuration: a bad flag, setting or environment value, conflicting options
+  3  data or load failure: a file that is missing, unreadable or corrupt, an index or model that
+     does not load, a build or verify that fails (a server whose startup fails exits 3 as well)
+  130 interrupted (Ctrl-C)
+"""
 
 from __future__ import annotations
 
@@ -20,6 +29,38 @@ from app.spec import BuildOptions
 
 T = TypeVar("T")
 
+EXIT_OK, EXIT_REQUESTS_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = """exit codes:
+  0    ok
+  1    `retriever load` finished but some requests failed
+  2    usage or configuration error (flags, settings, environment)
+  3    data or load failure (missing/corrupt files, index or model that does not load, build or verify failed)
+  130  interrupted"""
+
+
+class UsageError(RetrieverError):
+    """The command line or the settings are wrong (exit 2); nothing on disk was the problem."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows `(default: X)` for options that have a real default (not None, not a plain switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        switch = action.nargs == 0  # --force, --no-normalize: the flag's name says what it does
+        if "%(default)" in text or default in (None, "", argparse.SUPPRESS) or switch or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _usage_errors() -> tuple[type[RetrieverError], ...]:
+    """Configuration errors (bad auth settings included): exit 2. Every other RetrieverError is about
+    data (a file, the index, the model, a build): exit 3."""
+    from app.guards import GuardError
+
+    return (UsageError, GuardError)
+
 
 def _bool(value: str) -> bool:
     lowered = value.lower()
@@ -34,7 +75,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per settings field (`--max-queue`, `--batching off`); unset flags leave env/defaults."""
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        help_text = (field.description or "") + f" [env RETRIEVER_{name.upper()}]"
+        shown = "" if field.default is None else f"default: {field.default}; "
+        help_text = (field.description or "") + f" [{shown}env RETRIEVER_{name.upper()}]"
         if field.annotation is bool or bool in get_args(field.annotation):
             parser.add_argument(flag, dest=name, type=_bool, nargs="?", const=True, default=None, help=help_text)
         else:
@@ -87,7 +129,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         problems = "; ".join(
             f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}" for err in exc.errors()
         )
-        raise SystemExit(f"retriever: error: {problems}") from None
+        raise UsageError(problems) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -103,6 +145,8 @@ def _preflight(settings: Settings) -> None:
     from app.guards import load_tokens
     from app.manifest import Manifest
 
+    if (settings.index_path is None) != (settings.corpus_path is None):
+        raise UsageError("--index-path and --corpus-path go together (a bare FAISS index and its passages jsonl)")
     if settings.index_path is not None and not settings.index_path.is_file():
         raise _fail(f"{settings.index_path}: index file not found")
     if settings.corpus_path is not None and not settings.corpus_path.is_file():
@@ -149,6 +193,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_load(args: argparse.Namespace) -> int:
     from app.loadclient import main as load_main
 
+    # The token comes from the environment unless given: a flag is visible to everyone in `ps`.
+    args.token = args.token or os.environ.get("RETRIEVER_TOKEN") or None
     return load_main(args)
 
 
@@ -178,67 +224,97 @@ def cmd_demo_corpus(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="retriever", description="Dense retrieval server (Search-R1 wire format).")
+    parser = argparse.ArgumentParser(
+        prog="retriever",
+        description="Dense retrieval server (Search-R1 wire format).",
+        epilog=EXIT_CODES,
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"retriever {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve an index over HTTP (no arguments: the demo)")
+    def command(name: str, help_text: str, epilog: str = "") -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            epilog=(epilog + "\n\n" if epilog else "") + EXIT_CODES,
+            formatter_class=HelpFormatter,
+        )
+
+    serve = command(
+        "serve",
+        "serve an index over HTTP (no arguments: the demo)",
+        "Every flag is also an environment variable (shown in brackets); a flag wins over the environment.",
+    )
     _add_settings_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
-    build = commands.add_parser("build", help="build an index directory from a passages .jsonl")
+    build = command("build", "build an index directory from a passages .jsonl")
     _add_option_flags(build, BuildOptions)
     build.set_defaults(func=cmd_build)
 
-    verify = commands.add_parser("verify", help="check an index directory: checksums, counts, a query")
-    verify.add_argument("index_dir")
-    verify.add_argument("--data-dir", default=".cache")
+    verify = command("verify", "check an index directory: checksums, counts, a query")
+    verify.add_argument("index_dir", help="index directory made by `retriever build`")
+    verify.add_argument("--data-dir", default=".cache", help="cache directory for converted corpora")
     verify.set_defaults(func=cmd_verify)
 
-    plan = commands.add_parser("plan", help="memory a pod needs for an index directory, as Helm values")
-    plan.add_argument("index_dir")
-    plan.add_argument("--workers", type=int, default=1)
+    plan = command("plan", "memory a pod needs for an index directory, as Helm values")
+    plan.add_argument("index_dir", help="index directory made by `retriever build`")
+    plan.add_argument("--workers", type=int, default=1, help="server worker processes per pod")
     plan.add_argument("--model-gib", type=float, default=None, help="model memory (default: from its files)")
     plan.add_argument("--headroom-gib", type=float, default=0.5, help="extra GiB on top (chart: memory.headroomGiB)")
-    plan.add_argument("--json", action="store_true")
+    plan.add_argument("--json", action="store_true", help="print the whole report as JSON")
     plan.set_defaults(func=cmd_plan)
 
-    load = commands.add_parser("load", help="load-test a running server and print throughput and latency")
-    load.add_argument("--server", default="http://127.0.0.1:8000")
-    load.add_argument("--requests", type=int, default=1000)
-    load.add_argument("--concurrency", type=int, default=16)
-    load.add_argument("--queries-per-request", type=int, default=1)
-    load.add_argument("--topk", type=int, default=3)
-    load.add_argument("--timeout", type=float, default=30.0)
+    load = command(
+        "load",
+        "load-test a running server and print throughput and latency",
+        "environment:\n  RETRIEVER_TOKEN  bearer token for a server with auth on (used when --token is not given)",
+    )
+    load.add_argument("--server", default="http://127.0.0.1:8000", help="base URL of the server")
+    load.add_argument("--requests", type=int, default=1000, help="requests to send")
+    load.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
+    load.add_argument("--queries-per-request", type=int, default=1, help="queries in each request")
+    load.add_argument("--topk", type=int, default=3, help="topk of each request")
+    load.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     load.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    load.add_argument("--token", default=None, help="bearer token")
+    load.add_argument(
+        "--token", default=None, help="bearer token; prefer env RETRIEVER_TOKEN (a flag is visible in `ps`)"
+    )
     load.add_argument("--json", default=None, help="also write the summary to this file")
     load.set_defaults(func=cmd_load)
 
-    export = commands.add_parser(
-        "export-onnx", help="export an index directory's model for --encoder-runtime onnx/openvino (checked)"
-    )
-    export.add_argument("index_dir")
+    export = command("export-onnx", "export an index directory's model for --encoder-runtime onnx/openvino (checked)")
+    export.add_argument("index_dir", help="index directory made by `retriever build`")
     export.add_argument("--model", default=None, help="model directory (default: the manifest's)")
     export.set_defaults(func=cmd_export_onnx)
 
-    demo = commands.add_parser("demo-corpus", help="write the demo corpus as Search-R1 jsonl")
-    demo.add_argument("out")
-    demo.add_argument("--limit", type=int, default=None)
+    demo = command("demo-corpus", "write the demo corpus as Search-R1 jsonl")
+    demo.add_argument("out", help="jsonl file to write")
+    demo.add_argument("--limit", type=int, default=None, help="only the first N articles")
     demo.set_defaults(func=cmd_demo_corpus)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or EXIT_OK)
+    except _usage_errors() as exc:
+        print(f"retriever: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except RetrieverError as exc:  # a complete message for the user: no traceback
         print(f"retriever: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_DATA
+    except SystemExit as exc:
+        if isinstance(exc.code, str):  # a command's own usage message (`retriever load`)
+            print(exc.code, file=sys.stderr)
+            return EXIT_USAGE
+        raise
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

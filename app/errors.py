@@ -1,7 +1,8 @@
 """The project's errors: one base class, so callers can tell "a message for the user" from a bug.
 
 Every `RetrieverError` carries a complete, user-facing message (it names the file, setting or field
-and the problem): the CLI prints it without a traceback, exit status 2.
+and the problem): the CLI prints it without a traceback, exit status 3 (a data or load failure),
+or 2 for the usage and configuration errors (`app.cli.UsageError`, `app.guards.GuardError`).
 
 `ServingError`s are what the engine answers a search with when it cannot answer it; the HTTP face
 maps each class to a status in one place (`app.api.ERROR_STATUS`), and `reason` is the label of

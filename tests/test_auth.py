@@ -226,3 +226,13 @@ def test_tokens_are_compared_in_constant_time() -> None:
         scope["headers"] = [(b"authorization", b"Bearer zulu")]
         assert not middleware._authorised(scope)
         assert compare.call_count == len(tokens)
+
+
+def test_load_client_takes_its_token_from_the_environment(auth_server: RunningServer) -> None:
+    """`retriever load` reads RETRIEVER_TOKEN, so the secret need not appear on a command line (`ps`)."""
+    args = ("load", "--server", auth_server.url, "--requests", "4", "--concurrency", "2")
+    without = run_cli(*args, timeout=120)
+    assert without.returncode == 1 and "401" in without.stdout  # every request refused: the run failed
+    with_env = run_cli(*args, env={"RETRIEVER_TOKEN": ENV_TOKENS[1]}, timeout=120)
+    assert with_env.returncode == 0, with_env.stdout + with_env.stderr
+    assert "success rate  100.00%" in with_env.stdout

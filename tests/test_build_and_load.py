@@ -127,20 +127,42 @@ def test_cli_build_then_plan_and_verify(tmp_path: Path) -> None:
     data[-10] ^= 0xFF
     (out / "index.faiss").write_bytes(bytes(data))
     broken = run_cli("verify", str(out))
-    assert broken.returncode == 2
+    assert broken.returncode == 3  # a data failure
     assert "index.faiss: sha256 does not match the manifest" in broken.stderr
     assert "Traceback" not in broken.stderr
 
 
 def test_cli_errors_name_the_problem(tmp_path: Path) -> None:
+    # Exit codes: 3 for data that is missing or broken, 2 for a wrong command line or setting.
     missing = run_cli("build", "--corpus", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"))
-    assert missing.returncode == 2 and "nope.jsonl: corpus file not found" in missing.stderr
+    assert missing.returncode == 3 and "nope.jsonl: corpus file not found" in missing.stderr
     serve = run_cli("serve", "--index-dir", str(tmp_path / "nothing"))
-    assert serve.returncode == 2 and "nothing: index directory does not exist" in serve.stderr
+    assert serve.returncode == 3 and "nothing: index directory does not exist" in serve.stderr
     flag = run_cli("serve", "--max-queue", "lots")
-    assert flag.returncode != 0 and "--max-queue" in flag.stderr
-    for result in (missing, serve, flag):
+    assert flag.returncode == 2 and "--max-queue" in flag.stderr
+    env_setting = run_cli("serve", env={"RETRIEVER_MAX_QUEUE": "lots"})
+    assert env_setting.returncode == 2 and "--max-queue" in env_setting.stderr
+    unknown = run_cli("serve", "--no-such-flag")
+    assert unknown.returncode == 2 and "unrecognized arguments: --no-such-flag" in unknown.stderr
+    half = run_cli("serve", "--index-path", str(tmp_path / "e5_Flat.index"))
+    assert half.returncode == 2 and "--index-path and --corpus-path go together" in half.stderr
+    for result in (missing, serve, flag, env_setting, unknown, half):
         assert "Traceback" not in result.stderr
+
+
+def test_help_shows_defaults_environment_variables_and_exit_codes() -> None:
+    serve = run_cli("serve", "--help")
+    assert serve.returncode == 0
+    text = " ".join(serve.stdout.split())  # argparse wraps lines
+    assert "Listen port. [default: 8000; env RETRIEVER_PORT]" in text
+    assert "Index directory made by `retriever build`. [env RETRIEVER_INDEX_DIR]" in text
+    assert "2 usage or configuration error" in text and "3 data or load failure" in text
+    load = " ".join(run_cli("load", "--help").stdout.split())
+    assert "requests in flight at once (default: 16)" in load
+    assert "RETRIEVER_TOKEN bearer token" in load
+    build = " ".join(run_cli("build", "--help").stdout.split())
+    assert "FAISS factory string: Flat, HNSW32, IVF4096,Flat, ... (default: Flat)" in build
+    assert "--force replace an existing output directory (default" not in build  # switches show no default
 
 
 def test_search_r1_artifacts_served_as_they_are(tmp_path: Path, encoder) -> None:

@@ -1,13 +1,14 @@
 """Bad data and startup faults: each must stop with one clear message naming the file and the problem.
 
 Three ways a fault shows, each tested the way it happens:
-- caught before the port is bound (`retriever serve` preflight): exit 2, `retriever: error: <message>`;
+- caught before the port is bound (`retriever serve` preflight): exit 3 (a data fault; 2 is for usage
+  and configuration errors), `retriever: error: <message>`;
 - caught by the loader of a started server: readiness never turns true, the log says
   `startup failed: <message>`, exit 3. Faults found after the model is loaded run the same
   `app.service.load` in this process (importing torch in a subprocess for each costs ~10 s);
   test_build_and_load.py already runs one of them (dimension mismatch) through a real server,
   and the unreadable model directory below runs through one too;
-- `retriever build` failing (full disk, file size limit, killed): exit 2, and nothing that
+- `retriever build` failing (full disk, file size limit, killed): exit 3, and nothing that
   `serve` would accept is left behind (written under a temporary name, renamed when verified).
 """
 
@@ -93,7 +94,7 @@ def demo_rows(demo_index: Path, count: int) -> list[dict[str, object]]:
         store.close()
 
 
-# -- caught before the port is bound: exit 2 ---------------------------------------------------
+# -- caught before the port is bound: exit 3 ---------------------------------------------------
 
 
 def _remove(path: Path) -> None:
@@ -133,18 +134,18 @@ def test_damaged_index_directory_fails_before_binding(
         assert (index_copy / target).stat().st_size == 460845  # the sizes in the needle
     damage(index_copy / target)
     code, log = serve_exit(["--index-dir", str(index_copy)], tmp_path)
-    assert code == 2
+    assert code == 3
     assert_one_message(log, "retriever: error:", str(index_copy / target.split("/")[0]), *needles)
 
 
 def test_missing_search_r1_artifacts_fail_before_binding(demo_index: Path, tmp_path: Path) -> None:
     corpus = write_jsonl(tmp_path / "wiki.jsonl", demo_rows(demo_index, 3))
     code, log = serve_exit(["--index-path", str(tmp_path / "e5_Flat.index"), "--corpus-path", str(corpus)], tmp_path)
-    assert code == 2
+    assert code == 3
     assert_one_message(log, "retriever: error:", f"{tmp_path / 'e5_Flat.index'}: index file not found")
     index = str(demo_index / "index.faiss")
     code, log = serve_exit(["--index-path", index, "--corpus-path", str(tmp_path / "gone.jsonl")], tmp_path)
-    assert code == 2
+    assert code == 3
     assert_one_message(log, "retriever: error:", f"{tmp_path / 'gone.jsonl'}: corpus file not found")
 
 
@@ -361,7 +362,7 @@ def _limit_file_size() -> None:
 
 
 def test_build_hits_file_size_limit_and_keeps_the_old_index(demo_index: Path, tmp_path: Path) -> None:
-    """`ulimit -f` (EFBIG, not ENOSPC) during `retriever build --force` over a good index: exit 2, one
+    """`ulimit -f` (EFBIG, not ENOSPC) during `retriever build --force` over a good index: exit 3, one
     message, the old index untouched and still valid, no temporary directory left."""
     out = tmp_path / "index"
     build(BuildOptions(corpus=small_corpus(demo_index, tmp_path, 8), out=out, model=BUNDLED_MODEL, progress=False))
@@ -377,7 +378,7 @@ def test_build_hits_file_size_limit_and_keeps_the_old_index(demo_index: Path, tm
         timeout=300,
         check=False,
     )
-    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.returncode == 3, result.stderr[-3000:]
     assert_one_message(
         result.stderr,
         "retriever: error:",
@@ -419,7 +420,7 @@ def test_killed_build_leaves_nothing_serve_accepts(demo_index: Path, tmp_path: P
             process.wait()
     assert not out.exists()
     code, log = serve_exit(["--index-dir", str(out)], tmp_path)
-    assert code == 2
+    assert code == 3
     assert_one_message(log, "retriever: error:", f"{out}: index directory does not exist")
     # The half-written directory itself has no manifest yet: serve refuses it by name too.
     assert not (building[0] / "manifest.json").exists()
