@@ -316,3 +316,15 @@ def test_sigterm_drains_in_flight_requests(pod: dict[str, Any]) -> None:
         f"exit {state['ExitCode']} (137: killed after the grace period):\n{_logs(pod['container'])}"
     )
     assert stopped_after < pod["grace_s"], f"stop took {stopped_after:.1f}s, grace period {pod['grace_s']}s"
+
+
+def test_image_carries_the_oci_labels(image: str) -> None:
+    """source, created, url, documentation, version (the one in app/__init__.py) and the license."""
+    labels = json.loads(podman("image", "inspect", "--format", "{{json .Labels}}", image).stdout)
+    prefix = "org.opencontainers.image."
+    for key in ("source", "url", "documentation"):
+        assert labels[prefix + key].startswith("https://"), (key, labels)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", labels[prefix + "created"]), labels
+    init = (REPO / "app" / "__init__.py").read_text()
+    assert f'__version__ = "{labels[prefix + "version"]}"' in init
+    assert labels[prefix + "licenses"] == "Apache-2.0" and (REPO / "LICENSE").is_file()

@@ -31,6 +31,7 @@ import faiss
 import pytest
 
 from app.builder import BuildError, BuildOptions, build
+from app.cli import _usage_errors
 from app.corpus import CorpusStore
 from app.encoder import BUNDLED_MODEL, resolve_model
 from app.errors import RetrieverError
@@ -67,10 +68,11 @@ def assert_one_message(log: str, prefix: str, *needles: str) -> str:
 
 
 def load_error(settings: Settings) -> str:
-    """Run the server's loader in this process; it must fail with an error the CLI prints as one line."""
+    """Run the server's loader in this process; it must fail with a data error the CLI prints as one line (exit 3)."""
     with pytest.raises(Exception) as raised:  # the type is checked just below
         load(settings, Status())
     assert isinstance(raised.value, RetrieverError), f"{type(raised.value).__name__}: {raised.value}"
+    assert not isinstance(raised.value, _usage_errors())  # a data error: exit 3
     return str(raised.value)
 
 
@@ -187,10 +189,11 @@ def test_malformed_search_r1_corpus_is_refused_with_line_numbers(demo_index: Pat
     assert not (tmp_path / "wiki.jsonl.store").exists(), "a half-converted corpus store was left behind"
 
 
-def test_index_path_without_corpus_is_refused(demo_index: Path, tmp_path: Path) -> None:
+def test_index_path_without_corpus_is_a_usage_error(demo_index: Path, tmp_path: Path) -> None:
+    # Conflicting options, not bad data: refused before binding, with the usage exit code.
     code, log = serve_exit(["--index-path", str(demo_index / "index.faiss")], tmp_path)
-    assert code == 3
-    assert_one_message(log, "startup failed:", "--index-path and --corpus-path go together")
+    assert code == 2
+    assert_one_message(log, "retriever: error:", "--index-path and --corpus-path go together")
 
 
 # -- caught by the loader after the model is loaded (same loader, in this process) -----------------
