@@ -417,7 +417,8 @@ def main() -> int:
     stem = "memory-cold" if args.cold else "memory"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(report, runs, check_rows))
-    memory_plot.plot(report, args.out / f"{stem}.png")
+    if memory_plot.plot(report, args.out / f"{stem}.png") is None:
+        print("no completed run: no memory figure")
 
     print("checks:")
     for c in check_rows:

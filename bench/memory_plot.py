@@ -19,9 +19,12 @@ import matplotlib.pyplot as plt
 GIB = 1024**3
 
 
-def plot(report: dict, out: Path) -> Path:
+def plot(report: dict, out: Path) -> Path | None:
     """Lines of summed PSS (what the node holds) per worker count, mmap on and off; RSS (which counts
-    a shared page once per process) dotted for contrast; the index + corpus file size as a floor."""
+    a shared page once per process) dotted for contrast; the index + corpus file size as a floor.
+    None (and no file) when the report holds no completed run."""
+    if not report["runs"]:
+        return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     styles = {True: ("mmap on (one shared copy)", "tab:blue"), False: ("mmap off (a copy per worker)", "tab:red")}
     for mapped, (label, color) in styles.items():
@@ -70,8 +73,8 @@ def plot(report: dict, out: Path) -> Path:
 def main(argv: list[str]) -> int:
     source = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent / "results" / "memory.json"
     out = plot(json.loads(source.read_text()), source.with_suffix(".png"))
-    print(f"wrote {out}")
-    return 0
+    print(f"wrote {out}" if out else f"{source}: no completed run, no figure")
+    return 0 if out else 1
 
 
 if __name__ == "__main__":
