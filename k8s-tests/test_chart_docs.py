@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import CHART, REPO
+from chart_helpers import CHART, REPO
 
 GENERATOR = [sys.executable, str(REPO / "tools" / "chart_docs.py")]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CHART, NAMESPACE, RELEASE, helm, tool_path
+from chart_helpers import CHART, NAMESPACE, RELEASE, helm, tool_path
 
 OVERRIDE = ["--set", "image.repository=registry.example.com/ml/retriever"]
 
