@@ -1,6 +1,7 @@
 """Encoder runtimes and duplicate work, in one run (part of `make bench`).
 
-1. Runtimes: for torch, onnx and openvino, the demo index's offline limit (bench/offline.py in
+1. Runtimes: for torch, onnx and openvino, the offline limit of a demo index of the first
+   2000 articles (the encoder sets the demo's limit, not the index size) (bench/offline.py in
    its own process, with RETRIEVER_ENCODER_RUNTIME set) and the served queries/s at concurrency 64
    x 1 query/request through a real server; the export is made once (`retriever export-onnx`,
    checked against torch) into the demo index directory.
@@ -25,9 +26,10 @@ from typing import Any
 
 import httpx
 
+from app.demo import ensure_demo_index
 from app.devtools.server import ServerProcess
 from app.loadclient import run, run_load
-from bench.common import DATA_DIR, RESULTS, ROOT, bench_queries, demo_index_dir, machine
+from bench.common import DATA_DIR, RESULTS, ROOT, bench_queries, machine
 from bench.rollout_trace import rollout_trace
 
 RUNTIMES = ("torch", "onnx", "openvino")
@@ -185,8 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per served point")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="offline window per batch size")
+    parser.add_argument(
+        "--demo-limit", type=int, default=2000, help="articles in the demo index (the encoder sets the limit, not N)"
+    )
     args = parser.parse_args()
-    index_dir = demo_index_dir()
+    index_dir = ensure_demo_index(DATA_DIR, args.demo_limit, progress=False)
     ensure_export(index_dir)
     logs = DATA_DIR / "bench" / "logs"
     data = {
