@@ -133,9 +133,7 @@ def score_tolerance(dtype: str, metric: str, query_norm: float, vector_norm: flo
     accumulate = dimension * UNIT_ROUNDOFF["float32"]
     if metric == "ip":
         return (u + accumulate) * query_norm * vector_norm
-    return u * vector_norm * (2 * (1 + u) * vector_norm + 2 * query_norm) + accumulate * (
-        query_norm + vector_norm
-    ) ** 2
+    return u * vector_norm * (2 * (1 + u) * vector_norm + 2 * query_norm) + accumulate * (query_norm + vector_norm) ** 2
 
 
 def cuda_device_count() -> int:
