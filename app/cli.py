@@ -154,6 +154,12 @@ def _preflight(settings: Settings) -> None:
     if settings.index_dir is not None and settings.index_path is None:
         Manifest.read(settings.index_dir).check_files(settings.index_dir, checksums=False)
     load_tokens(settings)
+    from app.devices import DeviceError, choose_backend, cuda_probe_message
+
+    choose_backend(settings.index_device, settings.index_backend)
+    problem = cuda_probe_message(("--device", settings.device), ("--index-device", settings.index_device))
+    if problem:
+        raise DeviceError(problem)
 
 
 def _fail(message: str) -> Exception:

@@ -75,6 +75,8 @@ class EncoderConfig:
     # ~40% less CPU per query than 256 on a 512-query batch of short queries; bench/README.md).
     batch_size: int = 32
     allow_download: bool = False
+    # Weights dtype: float16/bfloat16 halve a GPU encoder's memory and use its tensor cores.
+    dtype: str = "float32"
 
 
 class SentenceTransformerEncoder:
@@ -104,6 +106,10 @@ class SentenceTransformerEncoder:
             raise EncoderError(f"{config.model}: cannot load model: {exc}{hint}") from None
         if config.max_length:
             self.model.max_seq_length = config.max_length
+        if config.dtype != "float32":
+            import torch
+
+            self.model.to(getattr(torch, config.dtype))
         dimension = self.model.get_embedding_dimension()
         if not dimension:
             dimension = int(self.encode(["probe"]).shape[1])

@@ -21,8 +21,6 @@ here for the encoder, and exact search is a matrix product plus a top-k.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import queue
 import struct
 import threading
@@ -36,6 +34,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from app.devices import choose_backend, resolve_device
 from app.index import IndexError_, LoadReport
 
 log = logging.getLogger(__name__)
@@ -65,10 +64,6 @@ RESCORE_MARGIN = 16
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 # Queued search batches per owner: a bounded hand-off, callers wait beyond it.
 OWNER_QUEUE_DEPTH = 4
-
-
-class DeviceError(Exception):
-    """A device that does not exist here (CUDA asked for on a machine without it); says so plainly."""
 
 
 @dataclass(frozen=True)
@@ -134,36 +129,6 @@ def score_tolerance(dtype: str, metric: str, query_norm: float, vector_norm: flo
     if metric == "ip":
         return (u + accumulate) * query_norm * vector_norm
     return u * vector_norm * (2 * (1 + u) * vector_norm + 2 * query_norm) + accumulate * (query_norm + vector_norm) ** 2
-
-
-def cuda_device_count() -> int:
-    import torch
-
-    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-
-
-def resolve_device(name: str, setting: str = "--device") -> str:
-    """'cpu', 'cuda' or 'cuda:N' as a canonical device string; a device that does not exist here is a
-    DeviceError naming the setting, at once (not a CUDA error deep inside the first request)."""
-    text = name.strip().lower()
-    if text == "cpu":
-        return "cpu"
-    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
-        import torch
-
-        ordinal = int(text[5:]) if ":" in text else 0
-        if torch.version.cuda is None:
-            raise DeviceError(
-                f"{setting} {name}: this torch ({torch.__version__}) is a CPU-only build, CUDA is not available; "
-                "use the CUDA image (docker build --build-arg TORCH_VARIANT=cuda) or pass cpu"
-            )
-        count = cuda_device_count()
-        if count == 0:
-            raise DeviceError(f"{setting} {name}: no CUDA device is visible here (torch.cuda.device_count() is 0)")
-        if ordinal >= count:
-            raise DeviceError(f"{setting} {name}: only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})")
-        return f"cuda:{ordinal}"
-    raise DeviceError(f"{setting} {name!r}: expected cpu, cuda or cuda:N")
 
 
 def default_dtype(device: str) -> str:
@@ -485,26 +450,26 @@ def expected_device_bytes(count: int, dimension: int, dtype: str, metric: str) -
     return count * dimension * element + (4 * count if metric == "l2" else 0)
 
 
-def cuda_probe_message(*names: tuple[str, str]) -> str | None:
-    """For the CLI's preflight: why CUDA devices named in settings cannot be used, checked in a child
-    process so that this one (which forks the workers) never initialises CUDA. None when all is well."""
-    wanted = [(setting, value) for setting, value in names if value.strip().lower().startswith("cuda")]
-    if not wanted:
-        return None
-    import subprocess
-    import sys
+def open_index(
+    path: Path,
+    index_device: str = "cpu",
+    index_backend: str = "auto",
+    index_dtype: str = "auto",
+    use_mmap: bool = True,
+    threads: int = 0,
+    progress: Callable[[float], None] | None = None,
+) -> Any:
+    """The index backend the settings ask for: a FaissIndex, or a TorchFlatIndex on its device."""
+    from app.index import FaissIndex
 
-    script = (
-        "import sys\nfrom app.index_torch import DeviceError, resolve_device\n"
-        "try:\n" + "".join(f"    resolve_device({v!r}, {s!r})\n" for s, v in wanted) + "except DeviceError as e:\n"
-        "    print(e); sys.exit(3)\n"
-    )
-    env = dict(os.environ, PYTORCH_NVML_BASED_CUDA_CHECK="1")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    if done.returncode == 0:
-        return None
-    return done.stdout.strip() or f"cannot check the CUDA device: {done.stderr.strip()[-300:]}"
+    if choose_backend(index_device, index_backend) == "faiss":
+        return FaissIndex(path, use_mmap=use_mmap, threads=threads)
+    device = resolve_device(index_device, "--index-device")
+    return TorchFlatIndex.from_file(path, device, None if index_dtype == "auto" else index_dtype, progress=progress)
 
 
-def gib(value: int) -> float:
-    return math.ceil(value / 2**30 * 100) / 100
+def describe_index(index: Any) -> dict[str, Any]:
+    """Where the index runs and what it holds on the device, for /info and the metrics."""
+    if isinstance(index, TorchFlatIndex):
+        return index.describe()
+    return {"backend": "faiss", "device": "cpu", "dtype": "float32", "device_bytes": 0}

@@ -80,6 +80,18 @@ INFO = Gauge(
     ["version", "model", "index_type", "mmap"],
     multiprocess_mode="max",
 )
+INDEX_DEVICE_BYTES = Gauge(
+    "retriever_index_device_bytes",
+    "Accelerator memory the index holds (0 when FAISS searches it on the CPU).",
+    ["device"],
+    multiprocess_mode="max",
+)
+STAGE_DEVICE = Gauge(
+    "retriever_stage_device_info",
+    "Where each stage runs: 1 for the device and dtype of stage encode and of stage search.",
+    ["stage", "device", "dtype"],
+    multiprocess_mode="max",
+)
 RSS_BYTES = Gauge(
     "retriever_process_resident_memory_bytes", "Resident memory per worker process.", multiprocess_mode="liveall"
 )

@@ -100,3 +100,16 @@ class Settings(BaseSettings):
     )
     auth_open_paths: str = Field("/health,/livez,/metrics", description="Paths that never need a token.")
     cors_origins: str = Field("", description="Comma-separated CORS origins; empty: CORS off.")
+
+    # -- GPU tier: where each stage runs (torch exact search of a Flat index, docs in README "GPU")
+    index_device: str = Field("cpu", description="Where the index is searched: cpu, cuda, cuda:N.")
+    index_backend: Literal["auto", "faiss", "torch"] = Field(
+        "auto", description="auto: FAISS on cpu, torch exact search (Flat indexes) on cuda."
+    )
+    index_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Storage dtype of the torch index (auto: float16 on cuda, float32 on cpu)."
+    )
+    encoder_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Encoder weights dtype (auto: float16 on cuda, float32 on cpu)."
+    )
+    pipeline: bool = Field(False, description="Encode batch N+1 while batch N is searched (torch backend).")

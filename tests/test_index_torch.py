@@ -11,15 +11,9 @@ import faiss
 import numpy as np
 import pytest
 
+from app.devices import DeviceError, resolve_device
 from app.index import IndexError_
-from app.index_torch import (
-    DeviceError,
-    TorchFlatIndex,
-    map_flat_vectors,
-    read_flat_header,
-    resolve_device,
-    score_tolerance,
-)
+from app.index_torch import TorchFlatIndex, map_flat_vectors, read_flat_header, score_tolerance
 
 DIM = 48
 ROWS = 3000
