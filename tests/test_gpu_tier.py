@@ -41,6 +41,7 @@ def test_torch_backend_serves_what_faiss_serves_and_says_where_it_runs(
         dtype = extra[1]
         assert info["index"]["backend"] == "torch" and info["index"]["device"] == "cpu"
         assert info["index"]["dtype"] == dtype
+        assert info["batching"]["pipeline"] is ("--pipeline" in extra)
         assert info["stages"] == {
             "encode": {"device": "cpu", "dtype": "float32"},
             "search": {"backend": "torch", "device": "cpu", "dtype": dtype},

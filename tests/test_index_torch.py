@@ -215,3 +215,48 @@ def test_cuda_requested_without_cuda_fails_at_once_with_the_reason() -> None:
     with pytest.raises(DeviceError, match="expected cpu, cuda or cuda:N"):
         resolve_device("tpu")
     assert resolve_device(" CPU ") == "cpu"
+
+
+def test_pipelined_batches_hand_off_at_most_two_and_keep_their_own_answers() -> None:
+    """The batcher encodes batch N+1 while batch N is searched, and hands over no more than that."""
+    import asyncio
+
+    from app.batcher import PIPELINE_DEPTH, MicroBatcher
+
+    index = TorchFlatIndex.synthetic(20_000, DIM, "cpu", "bfloat16", seed=5)
+    rng = np.random.default_rng(1)
+    table = {f"q{i}": v / np.linalg.norm(v) for i, v in enumerate(rng.standard_normal((64, DIM)).astype(np.float32))}
+    outstanding, most = 0, 0
+    lock = threading.Lock()
+
+    def settle(_: object) -> None:
+        nonlocal outstanding
+        with lock:
+            outstanding -= 1
+
+    def two_stage(texts: list[str], topk: int) -> object:
+        nonlocal outstanding, most
+        vectors = np.stack([table[t] for t in texts])  # stage 1 (the encoder's place)
+        with lock:
+            outstanding += 1
+            most = max(most, outstanding)
+        pending = index.submit(vectors, topk)  # stage 2, on the owner thread
+        pending.add_done_callback(settle)
+        return pending
+
+    async def drive() -> list[tuple[np.ndarray, np.ndarray]]:
+        batcher = MicroBatcher(two_stage, max_batch_size=4, max_wait_ms=0, max_queue=1000, threads=1)
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit([f"q{i}", f"q{(i + 1) % 64}"], 3) for i in range(64)))
+        finally:
+            await batcher.stop()
+
+    try:
+        answers = asyncio.run(drive())
+        for i, (_, ids) in enumerate(answers):
+            _, want = index.search(np.stack([table[f"q{i}"], table[f"q{(i + 1) % 64}"]]), 3)
+            np.testing.assert_array_equal(ids, want)
+        assert 2 <= most <= PIPELINE_DEPTH  # overlapped, and bounded
+    finally:
+        index.close()
