@@ -100,10 +100,12 @@ def test_non_flat_or_truncated_files_are_refused_with_the_file_named(tmp_path: P
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-def test_search_agrees_with_faiss_within_tolerance(tmp_path: Path, metric: str, dtype: str) -> None:
+@pytest.mark.parametrize("topk_group", [0, 4])
+def test_search_agrees_with_faiss_within_tolerance(tmp_path: Path, metric: str, dtype: str, topk_group: int) -> None:
     vectors, queries = _data(metric)
     # A small workspace forces many row steps, so the merge across steps is exercised.
     index = TorchFlatIndex.from_file(_write(tmp_path, vectors, metric), "cpu", dtype, workspace_bytes=64 * 1024)
+    index.topk_group = topk_group
     try:
         assert index.count == ROWS and index.dimension == DIM and index.metric == metric
         assert index._rows_per_step(len(queries)) < ROWS
