@@ -45,3 +45,7 @@ bench-gpu: ## on a GPU machine (carry .whl): exact search, encoder, end to end v
 
 bench-gpu-smoke: $(GPU_WHEELS_DIR)/.stamp ## bench/gpu.py end to end on the CPU with tiny sizes (checks the script)
 	BENCH_GPU_SMOKE=1 PYTHONUNBUFFERED=1 timeout -k 10 900 $(PY) -m bench.gpu
+
+.PHONY: bench-pipeline
+bench-pipeline: install ## served q/s with --pipeline off vs on (torch backend, demo index, this machine)
+	timeout -k 10 900 $(PY) -m bench.pipeline
