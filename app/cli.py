@@ -191,7 +191,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from app.plan import plan
 
-    report = plan(Path(args.index_dir), workers=args.workers, model_gib=args.model_gib, headroom_gib=args.headroom_gib)
+    try:
+        report = plan(
+            Path(args.index_dir),
+            workers=args.workers,
+            model_gib=args.model_gib,
+            headroom_gib=args.headroom_gib,
+            gpu=args.gpu,
+            index_dtype=args.index_dtype,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"retriever plan: error: {exc}") from None
     print(json.dumps(report, indent=2) if args.json else report["text"])
     return 0
 
@@ -270,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--workers", type=int, default=1, help="server worker processes per pod")
     plan.add_argument("--model-gib", type=float, default=None, help="model memory (default: from its files)")
     plan.add_argument("--headroom-gib", type=float, default=0.5, help="extra GiB on top (chart: memory.headroomGiB)")
+    plan.add_argument("--gpu", action="store_true", help="the index on a GPU (chart: gpu.enabled): GPU memory too")
+    plan.add_argument(
+        "--index-dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="its dtype on the GPU"
+    )
     plan.add_argument("--json", action="store_true", help="print the whole report as JSON")
     plan.set_defaults(func=cmd_plan)
 

@@ -2,7 +2,10 @@
 
 memory GiB = ceil(index + corpus + model + workers x per-worker overhead + headroom)
 The index and corpus are mapped: one copy per node, counted once however many workers.
-The chart computes the same sum from the values printed here (helm/retriever/values.yaml).
+With `gpu` the index moves to the GPU: it leaves the host sum (its mapped pages are only read once,
+as page cache) and the GPU needs
+GPU memory GiB = ceil(index x bytes per stored value / 4 + [model / 2: fp16 weights] + GPU overhead)
+The chart computes the same sums from the values printed here (helm/retriever/values.yaml).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ GIB = 1024**3
 # Python + torch + FastAPI per worker, measured on the demo (RSS less the mapped files), rounded up.
 PER_WORKER_OVERHEAD_GIB = 0.75
 MODEL_FALLBACK_GIB = 0.5
+# CUDA context, the 1 GiB score workspace and allocator slack (chart: gpu.overheadGiB).
+GPU_OVERHEAD_GIB = 3.0
+BYTES_PER_VALUE = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 def _model_gib(manifest: Manifest) -> float:
@@ -41,7 +47,14 @@ def _gib(value_bytes: float) -> Decimal:
 
 
 def plan(
-    index_dir: Path, workers: int = 1, model_gib: float | None = None, headroom_gib: float = 0.5
+    index_dir: Path,
+    workers: int = 1,
+    model_gib: float | None = None,
+    headroom_gib: float = 0.5,
+    gpu: bool = False,
+    index_dtype: str = "float16",
+    gpu_encoder: bool = True,
+    gpu_overhead_gib: float = GPU_OVERHEAD_GIB,
 ) -> dict[str, Any]:
     manifest = Manifest.read(index_dir)
     index_bytes = (index_dir / INDEX_FILE).stat().st_size
@@ -50,8 +63,14 @@ def plan(
     model = _gib((model_gib if model_gib is not None else _model_gib(manifest)) * GIB)
     overhead = Decimal(str(PER_WORKER_OVERHEAD_GIB))
     headroom = Decimal(str(headroom_gib))
+    if gpu and workers != 1:
+        raise ValueError("a GPU pod runs one worker: every worker would copy the whole index to the GPU")
     # The chart's formula (helm/retriever/values.yaml, memory section), term for term.
-    total = math.ceil(index_gib + corpus_gib + model + workers * overhead + headroom)
+    host_index = Decimal(0) if gpu else index_gib
+    total = math.ceil(host_index + corpus_gib + model + workers * overhead + headroom)
+    gpu_overhead = Decimal(str(gpu_overhead_gib))
+    per_value = Decimal(BYTES_PER_VALUE[index_dtype]) / 4
+    gpu_total = math.ceil(index_gib * per_value + (model / 2 if gpu_encoder else 0) + gpu_overhead) if gpu else 0
     values = (
         f"index:\n  sizeGiB: {index_gib}\n"
         f"corpus:\n  sizeGiB: {corpus_gib}\n"
@@ -59,13 +78,25 @@ def plan(
         f"server:\n  workers: {workers}\n"
         f"memory:\n  perWorkerOverheadGiB: {overhead}\n  headroomGiB: {headroom}\n"
     )
+    if gpu:
+        values += (
+            f"gpu:\n  enabled: true\n  indexDtype: {index_dtype}\n  encoder: {str(gpu_encoder).lower()}\n"
+            f"  overheadGiB: {gpu_overhead}\n"
+        )
+    where = f"on the GPU as {index_dtype}: not in host memory" if gpu else "memory-mapped, shared by all workers"
     text = (
-        f"index      {index_gib:>8} GiB  {index_dir / INDEX_FILE} (memory-mapped, shared by all workers)\n"
+        f"index      {host_index:>8} GiB  {index_dir / INDEX_FILE} ({where})\n"
         f"corpus     {corpus_gib:>8} GiB  {index_dir / CORPUS_DIR} (memory-mapped, shared)\n"
         f"model      {model:>8} GiB  {manifest.model}\n"
         f"workers    {workers * overhead:>8} GiB  {workers} x {overhead} GiB\n"
         f"headroom   {headroom:>8} GiB\n"
-        f"pod memory {total:>8} GiB  (requests = limits: {total}Gi)\n\n"
+        f"pod memory {total:>8} GiB  (requests = limits: {total}Gi)\n"
+        + (
+            f"GPU memory {gpu_total:>8} GiB  (index {index_gib} GiB x {per_value} + model + {gpu_overhead} GiB)\n"
+            if gpu
+            else ""
+        )
+        + "\n"
         f"Helm values (the chart derives resources.requests/limits.memory = {total}Gi from them):\n{values}"
     )
     return {
@@ -78,6 +109,8 @@ def plan(
         "per_worker_overhead_gib": float(overhead),
         "headroom_gib": float(headroom),
         "memory_gib": total,
+        "gpu": gpu,
+        "gpu_memory_gib": gpu_total,
         "helm_values": values,
         "text": text,
     }

@@ -53,7 +53,8 @@ app.kubernetes.io/component: server
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- $suffix := ternary .Values.gpu.imageTagSuffix "" .Values.gpu.enabled }}
+{{- printf "%s:%s%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) $suffix }}
 {{- end }}
 {{- end }}
 
@@ -74,8 +75,22 @@ Memory request = limit in whole GiB (the formula documented in values.yaml):
 {{- define "retriever.computedMemoryGiB" -}}
 {{- $v := .Values }}
 {{- $perWorkers := mulf $v.server.workers $v.memory.perWorkerOverheadGiB }}
-{{- $total := addf $v.index.sizeGiB $v.corpus.sizeGiB $v.model.sizeGiB $perWorkers $v.memory.headroomGiB }}
+{{- /* gpu.enabled: the index lives on the GPU (retriever.gpuMemoryGiB), not in host memory. */}}
+{{- $index := ternary 0.0 $v.index.sizeGiB $v.gpu.enabled }}
+{{- $total := addf $index $v.corpus.sizeGiB $v.model.sizeGiB $perWorkers $v.memory.headroomGiB }}
 {{- ceil $total | int }}
+{{- end }}
+
+{{/*
+GPU memory need in whole GiB (gpu.enabled), the same terms as the host formula moved to the device:
+  ceil(index.sizeGiB * bytes per value / 4 (the file is float32) + [model.sizeGiB / 2 with gpu.encoder:
+       fp16 weights] + gpu.overheadGiB)
+*/}}
+{{- define "retriever.gpuMemoryGiB" -}}
+{{- $v := .Values }}
+{{- $perValue := get (dict "float16" 2.0 "bfloat16" 2.0 "float32" 4.0) $v.gpu.indexDtype }}
+{{- $model := ternary (divf $v.model.sizeGiB 2.0) 0.0 $v.gpu.encoder }}
+{{- ceil (addf (mulf $v.index.sizeGiB (divf $perValue 4.0)) $model $v.gpu.overheadGiB) | int }}
 {{- end }}
 
 {{/*
@@ -119,6 +134,9 @@ limits:
   cpu: {{ .Values.cpu.limit | quote }}
   {{- end }}
   memory: {{ $mem }}
+  {{- if .Values.gpu.enabled }}
+  {{ .Values.gpu.resourceName }}: {{ int .Values.gpu.count }}
+  {{- end }}
 {{- end }}
 {{- end }}
 

@@ -34,6 +34,21 @@ saying what is wrong and how to fix it. Included once, from deployment.yaml.
 {{- fail "resources is set but has no requests.memory: every pod holds the whole index, so the memory request must be explicit (or leave resources empty to compute it from index.sizeGiB)" }}
 {{- end }}
 
+{{- /* GPU: one worker (each worker would hold its own copy of the index on the GPU), the need fits the card,
+       and explicit resources still ask for the GPU. */}}
+{{- if $v.gpu.enabled }}
+{{- if ne (int $v.server.workers) 1 }}
+{{- fail (printf "gpu.enabled needs server.workers = 1 (got %d): every worker would copy the whole index to the GPU; one worker's batches fill it" (int $v.server.workers)) }}
+{{- end }}
+{{- $need := int (include "retriever.gpuMemoryGiB" .) }}
+{{- if and (gt (float64 $v.gpu.memoryGiB) 0.0) (gt (float64 $need) (float64 $v.gpu.memoryGiB)) }}
+{{- fail (printf "the GPU memory need is %d GiB (index.sizeGiB %v as %s + model + gpu.overheadGiB) but gpu.memoryGiB is %v: use a GPU with more memory, a 16-bit gpu.indexDtype or a smaller index" $need $v.index.sizeGiB $v.gpu.indexDtype $v.gpu.memoryGiB) }}
+{{- end }}
+{{- if and $v.resources (not (dig "limits" $v.gpu.resourceName "" $v.resources)) }}
+{{- fail (printf "gpu.enabled but the explicit resources have no limits.%s: add it (or leave resources empty to compute them)" $v.gpu.resourceName) }}
+{{- end }}
+{{- end }}
+
 {{- /* Auth needs tokens from somewhere. */}}
 {{- if and $v.auth.enabled (not $v.auth.existingSecret) (not $v.auth.tokens) }}
 {{- fail "auth.enabled is true but neither auth.existingSecret nor auth.tokens is set" }}
