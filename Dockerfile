@@ -1,7 +1,8 @@
-# retriever: dense-retrieval server (FastAPI + FAISS + sentence-transformers), CPU image.
+# retriever: dense-retrieval server (FastAPI + FAISS + sentence-transformers), CPU image (or the CUDA variant).
 #
 # Real users (a registry and PyPI reachable):
 #   docker build -t retriever .
+#   docker build --build-arg TORCH_VARIANT=cuda -t retriever:0.1.0-cuda .   # GPU tier (README "GPU")
 # Offline (this project's machines, no registry, no index inside the build): `make image`, i.e.
 #   make wheelhouse base-image          # ./wheelhouse from the host's pip, localhost/debian:bookworm from debootstrap
 #   podman build --build-arg BASE_IMAGE=localhost/debian:bookworm --build-arg PIP_NO_INDEX=1 -t localhost/retriever:dev .
@@ -24,7 +25,10 @@ RUN python3 /tmp/pyproject_requirements.py /tmp/pyproject.toml demo > /tmp/requi
 FROM ${BASE_IMAGE} AS deps
 
 ARG TORCH_VERSION=2.13.0
-# CPU-only torch. PyPI's Linux torch is the CUDA build (several GB); the PyTorch CPU index is not.
+# cpu: CPU-only torch from the PyTorch CPU index. cuda: the GPU image variant (README "GPU"): PyPI's
+# default Linux torch wheel, which is the CUDA build (several GB with its nvidia-* runtime wheels; the
+# node needs only the NVIDIA driver and container runtime). Tag it `<version>-cuda` (chart: gpu.imageTagSuffix).
+ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_INDEX_URL=https://pypi.org/simple
 # 1: install only from ./wheelhouse (copied to /wheels), never from an index.
@@ -43,8 +47,13 @@ RUN python3 -m venv /opt/venv
 COPY docker/README.wheelhouse wheelhouse* /wheels/
 
 # torch first and alone: its own layer (the largest), from the CPU index or the wheelhouse.
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
- && python3 -c "import torch, sys; v = torch.__version__; sys.exit(f'torch {v}: not a CPU build of ${TORCH_VERSION}' if not v.startswith('${TORCH_VERSION}') or torch.version.cuda else 0)"
+RUN case "${TORCH_VARIANT}" in \
+      cpu) index="${TORCH_INDEX_URL}" ;; \
+      cuda) index="${PIP_INDEX_URL}" ;; \
+      *) echo "TORCH_VARIANT must be cpu or cuda, got '${TORCH_VARIANT}'" >&2; exit 2 ;; \
+    esac \
+ && pip install --index-url "$index" "torch==${TORCH_VERSION}" \
+ && python3 -c "import torch, sys; v, cuda = torch.__version__, torch.version.cuda; want = '${TORCH_VARIANT}'; sys.exit(f'torch {v} (CUDA {cuda}): not the {want} build of ${TORCH_VERSION}' if not v.startswith('${TORCH_VERSION}') or (cuda is None) != (want == 'cpu') else 0)"
 
 # Dependencies next, keyed on the requirements + constraints.txt only (a code change does not reinstall them).
 COPY --from=requirements /tmp/requirements.txt /tmp/deps/

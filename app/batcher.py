@@ -24,7 +24,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +37,11 @@ from app.lanes import ComputeLane, Helpers
 log = logging.getLogger(__name__)
 
 # (queries, topk, the lane's helpers or None) -> (scores, ids), each of shape (len(queries), topk)
-SearchFn = Callable[[list[str], int, Helpers | None], tuple[np.ndarray, np.ndarray]]
+# (queries, topk, helpers) -> (scores, ids); or a Future of them when the search stage runs elsewhere
+# (the torch index's owner thread): the batcher then pipelines (see PIPELINE_DEPTH).
+SearchFn = Callable[
+    [list[str], int, Helpers | None], "tuple[np.ndarray, np.ndarray] | Future[tuple[np.ndarray, np.ndarray]]"
+]
 
 # Batch forming: when the lane frees up and fewer queries wait than the last batch held (its callers
 # are still reading their answers and sending the next request), wait a little for them rather than
@@ -45,6 +49,10 @@ SearchFn = Callable[[list[str], int, Helpers | None], tuple[np.ndarray, np.ndarr
 # last batch's compute time, so the wait never costs more than a small share of a batch.
 GATHER_FRACTION = 0.2
 GATHER_MAX_S = 0.1
+# Two-stage batches (a search fn that returns a Future: encoded in the lane, searched on the index's
+# owner thread): batches handed to the search stage and not yet answered, at most. 2 = one searching
+# while the next is encoded, so the lane encodes batch N+1 while batch N is searched, and no further.
+PIPELINE_DEPTH = 2
 
 
 @dataclass
@@ -139,6 +147,7 @@ class MicroBatcher(Scheduler):
         self._task: asyncio.Task[None] | None = None
         self._last_size = 0
         self._last_compute_s = 0.0
+        self._searching: deque[asyncio.Future[None]] = deque()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="micro-batcher")
@@ -148,6 +157,9 @@ class MicroBatcher(Scheduler):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for searching in self._searching:  # handed to the index owner: let them finish
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await searching
         self._fail(list(self._pending), "search failed: server is shutting down")
         self.lane.shutdown()
 
@@ -217,8 +229,14 @@ class MicroBatcher(Scheduler):
             metrics.STAGE_SECONDS.labels("queue_wait").observe(started - job.enqueued)
         metrics.BATCH_SIZE.observe(len(texts))
         self.running_queries, self.running_since = len(texts), time.perf_counter()
+        handed_over = False
         try:
-            scores, ids = await loop.run_in_executor(self.lane.executor, self._search, texts, topk, self.lane.helpers)
+            outcome = await loop.run_in_executor(self.lane.executor, self._search, texts, topk, self.lane.helpers)
+            if isinstance(outcome, Future):  # encoded; the search runs on the index owner (--pipeline)
+                handed_over = True
+                self._searching.append(asyncio.ensure_future(self._complete(jobs, texts, started, outcome)))
+            else:
+                scores, ids = outcome
         except Exception as exc:  # one failed batch fails only its own requests
             log.exception("batch of %d queries failed", len(texts))
             self._fail(jobs, f"search failed: {type(exc).__name__}: {exc}")
@@ -228,9 +246,40 @@ class MicroBatcher(Scheduler):
             raise
         finally:
             self.running_queries = 0
-            self._release(len(texts))
-            self._last_size, self._last_compute_s = len(texts), time.perf_counter() - started
-            self._observe_batch(len(texts), self._last_compute_s)
+            if not handed_over:
+                self._account(texts, started)
+        if handed_over:
+            # Form the next batch at once, unless PIPELINE_DEPTH batches are already handed over: then
+            # wait for the oldest (a bounded hand-off: encode N+1 while N is searched, no further).
+            while len(self._searching) >= PIPELINE_DEPTH or (self._searching and self._searching[0].done()):
+                await self._searching.popleft()
+            return
+        self._deliver(jobs, scores, ids)
+
+    async def _complete(
+        self, jobs: list[_Job], texts: list[str], started: float, pending: Future[tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        """The search stage of a pipelined batch: answer its callers when the index owner is done."""
+        try:
+            scores, ids = await asyncio.wrap_future(pending)
+        except Exception as exc:
+            log.error("batch of %d queries failed", len(texts), exc_info=exc)
+            self._fail(jobs, f"search failed: {type(exc).__name__}: {exc}")
+            return
+        except asyncio.CancelledError:
+            self._fail(jobs, "search failed: server is shutting down")
+            raise
+        finally:
+            self._account(texts, started)
+        self._deliver(jobs, scores, ids)
+
+    def _account(self, texts: list[str], started: float) -> None:
+        self._release(len(texts))
+        self._last_size, self._last_compute_s = len(texts), time.perf_counter() - started
+        self._observe_batch(len(texts), self._last_compute_s)
+
+    @staticmethod
+    def _deliver(jobs: list[_Job], scores: np.ndarray, ids: np.ndarray) -> None:
         row = 0
         for job in jobs:
             count = len(job.queries)

@@ -11,8 +11,10 @@ import os
 import subprocess
 import sys
 
+from app.errors import RetrieverError
 
-class DeviceError(Exception):
+
+class DeviceError(RetrieverError):
     """A device that does not exist here (CUDA asked for on a machine without it); says so plainly."""
 
 

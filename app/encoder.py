@@ -127,6 +127,7 @@ class SentenceTransformerEncoder:
             "normalize": self.config.normalize,
             "max_length": self.max_length,
             "device": self.config.device,
+            "dtype": self.config.dtype,
         }
 
     def encode(self, texts: list[str], helpers: Helpers | None = None) -> np.ndarray:

@@ -52,7 +52,7 @@ from app.errors import LoadError, NotReady, Overloaded, StoreUnavailable
 from app.lanes import ComputeLane
 from app.result_cache import ResultCache
 from app.schemas import RequestLimits
-from app.service import Retriever, Status, load, warm_up
+from app.service import Retriever, Status, load, stages, warm_up
 from app.settings import Settings
 from app.sharing import QuerySharing, Version
 
@@ -369,6 +369,7 @@ class Engine:
             "last_reload": self.last_reload,
             "model": retriever.encoder.describe(),
             "index": retriever.index.describe(),
+            "stages": stages(retriever),
             "corpus": {
                 "path": str(retriever.corpus.directory),
                 "rows": retriever.corpus.count,
@@ -376,6 +377,7 @@ class Engine:
             },
             "batching": {
                 "enabled": settings.batching,
+                "pipeline": retriever.pipeline,
                 "max_batch_size": settings.max_batch_size,
                 "max_wait_ms": settings.max_wait_ms,
                 "max_queue": settings.max_queue,

@@ -159,6 +159,10 @@ class FaissIndex:
             "load": self.load.note,
             "load_seconds": round(self.load.seconds, 4),
             "search_params": self.search_params(),
+            "backend": "faiss",
+            "device": "cpu",
+            "dtype": "float32",
+            "device_bytes": 0,
         }
 
     def search_params(self) -> dict[str, int]:

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.devices import choose_backend, resolve_device
-from app.index import IndexError_, LoadReport
+from app.index import IndexFileError, LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +90,24 @@ def read_flat_header(path: Path) -> FlatFile:
         with open(path, "rb") as handle:
             head = handle.read(VECTORS_OFFSET)
     except OSError as exc:
-        raise IndexError_(f"{path}: cannot read the index file: {exc.strerror}") from None
+        raise IndexFileError(f"{path}: cannot read the index file: {exc.strerror}") from None
     fourcc = head[:4]
     if fourcc not in FLAT_FOURCC:
-        raise IndexError_(
+        raise IndexFileError(
             f"{path}: the torch backend searches plain Flat indexes (IndexFlatIP / IndexFlatL2) only; "
             f"this file starts with {fourcc!r}. Use the FAISS backend (--index-device cpu) for it"
         )
     if len(head) < VECTORS_OFFSET:
-        raise IndexError_(f"{path}: truncated FAISS Flat index ({len(head)} bytes of header)")
+        raise IndexFileError(f"{path}: truncated FAISS Flat index ({len(head)} bytes of header)")
     dimension, count, _, _, _, metric_type = _HEADER.unpack_from(head, 4)
     (floats,) = _VECTOR_LENGTH.unpack_from(head, 4 + _HEADER.size)
     metric = FLAT_FOURCC[fourcc]
     if metric_type != (0 if metric == "ip" else 1) or dimension <= 0 or count < 0 or floats != count * dimension:
-        raise IndexError_(f"{path}: corrupted FAISS Flat header (d={dimension}, ntotal={count}, floats={floats})")
+        raise IndexFileError(f"{path}: corrupted FAISS Flat header (d={dimension}, ntotal={count}, floats={floats})")
     flat = FlatFile(path, int(dimension), int(count), metric, VECTORS_OFFSET)
     size = path.stat().st_size
     if size < flat.offset + flat.vector_bytes:
-        raise IndexError_(
+        raise IndexFileError(
             f"{path}: truncated: {size} bytes, but {count} x {dimension} vectors need {flat.offset + flat.vector_bytes}"
         )
     return flat
@@ -200,11 +200,11 @@ class TorchFlatIndex:
         path: Path | None = None,
     ) -> None:
         if metric not in ("ip", "l2"):
-            raise IndexError_(f"metric {metric!r}: the torch backend supports ip and l2")
+            raise IndexFileError(f"metric {metric!r}: the torch backend supports ip and l2")
         self.device = resolve_device(device, "--index-device")
         self.dtype = dtype or default_dtype(self.device)
         if self.dtype not in DTYPE_NAMES:
-            raise IndexError_(f"--index-dtype {self.dtype!r}: expected one of {', '.join(DTYPE_NAMES)}")
+            raise IndexFileError(f"--index-dtype {self.dtype!r}: expected one of {', '.join(DTYPE_NAMES)}")
         self.dimension, self.metric = dimension, metric
         self.workspace_bytes = workspace_bytes
         self.topk_group = TOPK_GROUP
@@ -232,7 +232,7 @@ class TorchFlatIndex:
     ) -> TorchFlatIndex:
         """Load a FAISS Flat file: mapped, then copied to the device chunk by chunk."""
         if not path.is_file():
-            raise IndexError_(f"{path}: index file is missing")
+            raise IndexFileError(f"{path}: index file is missing")
         flat = read_flat_header(path)
         index = cls(flat.dimension, flat.metric, device, dtype, workspace_bytes, path)
         index.nbytes = path.stat().st_size
@@ -310,7 +310,7 @@ class TorchFlatIndex:
             if self.dtype == "float16":
                 peak = float(chunk.abs().max()) if hi > lo else 0.0
                 if peak > FLOAT16_MAX:
-                    raise IndexError_(
+                    raise IndexFileError(
                         f"{self.path}: rows {lo}..{hi} hold values up to {peak:.3g}, beyond float16's range "
                         f"({FLOAT16_MAX:g}); use --index-dtype bfloat16 or float32"
                     )
@@ -428,7 +428,15 @@ class TorchFlatIndex:
     def search_params(self) -> dict[str, int]:
         return {}
 
-    def self_test(self, vector: np.ndarray, rows: int = 1024) -> bool:
+    @property
+    def mapped(self) -> bool:
+        return self.load.mapped
+
+    @property
+    def load_seconds(self) -> float:
+        return self.load.seconds
+
+    def self_test(self, vector: np.ndarray) -> bool:
         """One query: proves the owner thread and the device answer (the index is already resident)."""
         _, ids = self.search(vector, 1)
         return self.count == 0 or int(ids[0, 0]) >= 0
@@ -443,7 +451,18 @@ class TorchFlatIndex:
             progress(1.0)
 
     def describe(self) -> dict[str, Any]:
+        """The `index` section of /info: FaissIndex's fields, and where the index lives."""
         return {
+            "path": str(self.path),
+            "type": self.type_name,
+            "metric": self.metric,
+            "vectors": self.count,
+            "dimension": self.dimension,
+            "bytes": self.nbytes,
+            "mmap": self.load.mapped,
+            "load": self.load.note,
+            "load_seconds": round(self.load.seconds, 4),
+            "search_params": {},
             "backend": self.backend,
             "device": self.device,
             "dtype": self.dtype,
@@ -491,8 +510,12 @@ def open_index(
     return TorchFlatIndex.from_file(path, device, None if index_dtype == "auto" else index_dtype, progress=progress)
 
 
-def describe_index(index: Any) -> dict[str, Any]:
-    """Where the index runs and what it holds on the device, for /info and the metrics."""
-    if isinstance(index, TorchFlatIndex):
-        return index.describe()
-    return {"backend": "faiss", "device": "cpu", "dtype": "float32", "device_bytes": 0}
+def placement(index: Any) -> dict[str, Any]:
+    """Where the index runs and what it holds on the device (/info's stages, the metrics)."""
+    described = index.describe()
+    return {
+        "backend": described.get("backend", "faiss"),
+        "device": described.get("device", "cpu"),
+        "dtype": described.get("dtype", "float32"),
+        "device_bytes": described.get("device_bytes", 0),
+    }

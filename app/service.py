@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from app import __version__, metrics
 from app.backends import Encoder, VectorIndex
 from app.corpus import CorpusError, CorpusStore, ensure_corpus_store
 from app.demo import ensure_demo_index
+from app.devices import DeviceError, resolve_device
 from app.encoder import SentenceTransformerEncoder
 from app.errors import LoadError
 from app.index import FaissIndex
+from app.index_torch import TorchFlatIndex, placement
 from app.lanes import Helpers
 from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest
 from app.progress import Progress
@@ -74,16 +74,29 @@ class Sources:
 class Retriever:
     """What a search needs: the encoder and index backends, and the corpus rows the ids point to."""
 
-    def __init__(self, encoder: Encoder, index: VectorIndex, corpus: CorpusStore, version: str = "") -> None:
+    def __init__(
+        self, encoder: Encoder, index: VectorIndex, corpus: CorpusStore, version: str = "", pipeline: bool = False
+    ) -> None:
         self.encoder, self.index, self.corpus = encoder, index, corpus
         # Which index this is (the manifest's checksum of the index file, else its size and mtime).
         self.version = version or f"{index.type_name}:{index.count}"
+        # Two stages (encode here, search on the torch index's owner thread): the batcher then encodes
+        # the next batch while this one is searched (--pipeline).
+        self.pipeline = pipeline and isinstance(index, TorchFlatIndex)
 
-    def search(self, queries: list[str], topk: int, helpers: Helpers | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Encode and search one batch; in a batching lane both stages share it with `helpers`."""
+    def search(self, queries: list[str], topk: int, helpers: Helpers | None = None) -> Any:
+        """Encode and search one batch; in a batching lane both stages share it with `helpers`.
+        Pipelined: returns the Future of the search, queued on the index's owner thread."""
         started = time.perf_counter()
         vectors = self.encoder.encode(queries, helpers)
         encoded = time.perf_counter()
+        if self.pipeline:
+            metrics.STAGE_SECONDS.labels("encode").observe(encoded - started)
+            pending = self.index.submit(vectors, topk)  # type: ignore[attr-defined]
+            pending.add_done_callback(
+                lambda _: metrics.STAGE_SECONDS.labels("search").observe(time.perf_counter() - encoded)
+            )
+            return pending
         scores, ids = self.index.search(vectors, topk, helpers)
         metrics.STAGE_SECONDS.labels("encode").observe(encoded - started)
         metrics.STAGE_SECONDS.labels("search").observe(time.perf_counter() - encoded)
@@ -129,8 +142,16 @@ def open_encoder(spec: EncoderSpec) -> Encoder:
     return encoder
 
 
-def open_index(spec: IndexSpec) -> VectorIndex:
-    """The index backend the spec asks for."""
+def open_index(spec: IndexSpec, status: Status | None = None) -> VectorIndex:
+    """The index backend the spec asks for: FAISS on the CPU, or torch exact search on spec.device
+    (README "GPU")."""
+    if spec.backend == "torch":
+        return TorchFlatIndex.from_file(
+            spec.path,
+            resolve_device(spec.device, "--index-device"),
+            spec.dtype,
+            progress=(lambda fraction: setattr(status, "progress", fraction)) if status else None,
+        )
     index = FaissIndex(spec.path, use_mmap=spec.mmap, threads=spec.threads)
     index.set_search_params(spec.nprobe, spec.ef_search)
     return index
@@ -153,11 +174,16 @@ def load(settings: Settings, status: Status) -> Retriever:
             f"{sources.index_path.parent / MANIFEST_FILE}: the index was built with normalize={manifest.normalize} "
             f"but normalize={settings.normalize} was asked (RETRIEVER_NORMALIZE); inner-product scores would be wrong"
         )
+    try:  # a device that does not exist fails here, before any weights are read
+        resolve_device(settings.device, "--device")
+        resolve_device(settings.index_device, "--index-device")
+    except DeviceError as exc:
+        raise LoadError(str(exc)) from None
     encoder_spec = resolve_encoder(settings, manifest)
     status.set_stage(f"loading model {encoder_spec.model or 'bundled demo model'}")
     encoder = open_encoder(encoder_spec)
     status.set_stage(f"loading index {sources.index_path}")
-    index = open_index(resolve_index(settings, sources.index_path))
+    index = open_index(resolve_index(settings, sources.index_path), status)
     if index.dimension != encoder.dimension:
         raise LoadError(
             f"{sources.index_path}: index dimension {index.dimension} does not match model "
@@ -175,7 +201,9 @@ def load(settings: Settings, status: Status) -> Retriever:
             f"{sources.corpus_dir}: corpus has {corpus.count} rows but the index {sources.index_path} "
             f"has {index.count} vectors; they must match row for row"
         )
-    retriever = Retriever(encoder, index, corpus, index_version(sources))
+    retriever = Retriever(
+        encoder, index, corpus, index_version(sources), pipeline=settings.pipeline and settings.batching
+    )
     status.set_stage("self-test query")
     if not index.self_test(encoder.encode(["health check"])):
         raise LoadError(f"{sources.index_path}: self-test query returned no result")
@@ -184,7 +212,27 @@ def load(settings: Settings, status: Status) -> Retriever:
     metrics.CORPUS_BYTES.set(corpus.nbytes)
     metrics.INDEX_LOAD_SECONDS.set(index.load_seconds)
     metrics.INFO.labels(__version__, encoder.name, index.type_name, str(index.mapped).lower()).set(1)
+    record_placement(retriever)
     return retriever
+
+
+def record_placement(retriever: Retriever) -> None:
+    """Metrics of where each stage runs and the device memory the index holds."""
+    placed = placement(retriever.index)
+    model = retriever.encoder.describe()
+    metrics.INDEX_DEVICE_BYTES.labels(placed["device"]).set(placed["device_bytes"])
+    metrics.STAGE_DEVICE.labels("encode", model.get("device", "cpu"), model.get("dtype", "float32")).set(1)
+    metrics.STAGE_DEVICE.labels("search", placed["device"], placed["dtype"]).set(1)
+
+
+def stages(retriever: Retriever) -> dict[str, Any]:
+    """/info's `stages`: the device (and dtype) of each stage."""
+    model = retriever.encoder.describe()
+    placed = placement(retriever.index)
+    return {
+        "encode": {"device": model.get("device", "cpu"), "dtype": model.get("dtype", "float32")},
+        "search": {key: placed[key] for key in ("backend", "device", "dtype")},
+    }
 
 
 WARMUP_STEP_BYTES = 64 * 1024 * 1024

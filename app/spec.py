@@ -39,6 +39,7 @@ class EncoderSpec:
     allow_download: bool
     runtime: str = "torch"  # torch, or onnx / openvino over the export in `export_dir`
     export_dir: Path | None = None  # the index directory holding `encoder-onnx/`
+    dtype: str = "float32"  # weights dtype (--encoder-dtype; float16 on a GPU by default)
 
     def config(self) -> EncoderConfig:
         """The sentence-transformers backend's configuration (resolves the bundled model's path)."""
@@ -52,6 +53,7 @@ class EncoderSpec:
             device=self.device,
             batch_size=self.batch_size,
             allow_download=self.allow_download,
+            dtype=self.dtype,
         )
 
 
@@ -62,6 +64,9 @@ class IndexSpec:
     threads: int  # FAISS (OpenMP) threads (0: leave the default)
     nprobe: int | None
     ef_search: int | None
+    backend: str = "faiss"  # faiss | torch (--index-backend, auto: torch on a GPU)
+    device: str = "cpu"  # --index-device
+    dtype: str | None = None  # torch storage dtype (None: the device's default)
 
 
 def recorded(settings: Settings, manifest: Manifest | None, name: str) -> Any:
@@ -83,11 +88,25 @@ def resolve_encoder(settings: Settings, manifest: Manifest | None) -> EncoderSpe
         allow_download=settings.allow_download,
         runtime=settings.encoder_runtime,
         export_dir=settings.index_dir,
+        dtype=settings.encoder_dtype
+        if settings.encoder_dtype != "auto"
+        else ("float32" if settings.device.strip().lower() == "cpu" else "float16"),
     )
 
 
 def resolve_index(settings: Settings, path: Path) -> IndexSpec:
-    return IndexSpec(path, settings.mmap, settings.threads, settings.nprobe, settings.ef_search)
+    from app.devices import choose_backend
+
+    return IndexSpec(
+        path,
+        settings.mmap,
+        settings.threads,
+        settings.nprobe,
+        settings.ef_search,
+        backend=choose_backend(settings.index_device, settings.index_backend),
+        device=settings.index_device,
+        dtype=None if settings.index_dtype == "auto" else settings.index_dtype,
+    )
 
 
 def flag(help: str, name: str | None = None) -> dict[str, str | None]:

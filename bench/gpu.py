@@ -350,10 +350,10 @@ class SyntheticCorpus:
 
 def serve_synthetic() -> int:
     """The real server with the synthetic index and corpus (BENCH_GPU_ROWS x 768, BENCH_GPU_DTYPE)."""
-    from app import __version__, metrics, service
+    from app import __version__, engine, metrics, service
     from app.devices import resolve_device
     from app.encoder import EncoderConfig, SentenceTransformerEncoder
-    from app.index_torch import TorchFlatIndex, describe_index
+    from app.index_torch import TorchFlatIndex
     from app.server import serve
     from app.settings import Settings
 
@@ -369,14 +369,14 @@ def serve_synthetic() -> int:
         encoder = SentenceTransformerEncoder(config)
         status.set_stage(f"generating {rows} synthetic rows on {settings.index_device}")
         index = TorchFlatIndex.synthetic(rows, DIMENSION, resolve_device(settings.index_device), dtype, seed=1)
-        retriever = service.Retriever(encoder, index, SyntheticCorpus(rows), pipeline=settings.pipeline)  # type: ignore[arg-type]
-        placed = describe_index(index)
+        corpus = SyntheticCorpus(rows)
+        retriever = service.Retriever(encoder, index, corpus, pipeline=settings.pipeline)  # type: ignore[arg-type]
         metrics.INDEX_VECTORS.set(rows)
-        metrics.INDEX_DEVICE_BYTES.labels(placed["device"]).set(placed["device_bytes"])
         metrics.INFO.labels(__version__, encoder.name, index.type_name, "false").set(1)
+        service.record_placement(retriever)
         return retriever
 
-    service.load = load  # the Loader thread calls service.load: everything else is the real server
+    engine.load = load  # the engine's loader thread calls it: everything else is the real server
     return serve(Settings())
 
 

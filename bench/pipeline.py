@@ -16,7 +16,7 @@ import sys
 import time
 
 from app.demo import ensure_demo_index
-from app.loadgen import run, run_load
+from app.loadclient import run, run_load
 from bench.common import ROOT
 from bench.gpu import _free_port, _wait_ready
 

@@ -81,3 +81,34 @@ def test_cuda_where_none_exists_fails_at_once_naming_the_setting(
     assert re.search(r"retriever: error: " + message, done.stderr), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert time.monotonic() - started < 60  # before any model or index is read
+
+
+def _dockerfile_torch_step(variant: str) -> str:
+    """The Dockerfile's torch RUN step as a shell script, ARGs filled in, `pip` a no-op (the torch
+    already installed here is what the check then looks at)."""
+    text = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
+    step = re.search(r"^RUN (case \"\$\{TORCH_VARIANT\}\".*?)\n(?!\s)", text, re.S | re.M)
+    assert step, 'the Dockerfile\'s torch step (RUN case "${TORCH_VARIANT}" ...) is missing'
+    script = step.group(1)
+    for name, value in {"TORCH_VARIANT": variant, "TORCH_VERSION": "2.13.0", "TORCH_INDEX_URL": "cpu-index"}.items():
+        script = script.replace("${" + name + "}", value)
+    return script.replace("${PIP_INDEX_URL}", "pypi")
+
+
+@pytest.mark.parametrize(("variant", "accepted"), [("cpu", True), ("cuda", False), ("rocm", False)])
+def test_image_torch_variant_is_checked_against_the_torch_installed(variant: str, accepted: bool) -> None:
+    """The image build fails unless the torch it got is the variant asked for (here torch is the CPU build)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.version.cuda is not None:
+        pytest.skip("this torch is a CUDA build")
+    script = "pip() { :; }\npython3() { " + sys.executable + ' "$@"; }\n' + _dockerfile_torch_step(variant)
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode == 0) is accepted, done.stderr
+    if variant == "cuda":
+        assert "not the cuda build of 2.13.0" in done.stderr
+    if variant == "rocm":
+        assert done.returncode == 2 and "TORCH_VARIANT must be cpu or cuda" in done.stderr

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app.devices import DeviceError, resolve_device
-from app.index import IndexError_
+from app.index import IndexFileError
 from app.index_torch import TorchFlatIndex, map_flat_vectors, read_flat_header, score_tolerance
 
 DIM = 48
@@ -90,11 +90,11 @@ def test_non_flat_or_truncated_files_are_refused_with_the_file_named(tmp_path: P
     hnsw = faiss.IndexHNSWFlat(DIM, 8)
     hnsw.add(_data("ip")[0][:100])
     faiss.write_index(hnsw, str(tmp_path / "hnsw.index"))
-    with pytest.raises(IndexError_, match=r"hnsw\.index: the torch backend searches plain Flat indexes"):
+    with pytest.raises(IndexFileError, match=r"hnsw\.index: the torch backend searches plain Flat indexes"):
         TorchFlatIndex.from_file(tmp_path / "hnsw.index")
     path = _write(tmp_path, _data("ip")[0], "ip")
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(IndexError_, match=r"ip\.index: truncated"):
+    with pytest.raises(IndexFileError, match=r"ip\.index: truncated"):
         TorchFlatIndex.from_file(path)
 
 
@@ -201,7 +201,7 @@ def test_synthetic_index_is_generated_on_the_device_as_unit_vectors() -> None:
 def test_float16_refuses_values_beyond_its_range(tmp_path: Path) -> None:
     vectors, _ = _data("l2")
     vectors[100, 3] = 1e6
-    with pytest.raises(IndexError_, match="beyond float16's range"):
+    with pytest.raises(IndexFileError, match="beyond float16's range"):
         TorchFlatIndex.from_file(_write(tmp_path, vectors, "l2"), "cpu", "float16")
 
 
@@ -236,7 +236,7 @@ def test_pipelined_batches_hand_off_at_most_two_and_keep_their_own_answers() -> 
         with lock:
             outstanding -= 1
 
-    def two_stage(texts: list[str], topk: int) -> object:
+    def two_stage(texts: list[str], topk: int, helpers: object = None) -> object:
         nonlocal outstanding, most
         vectors = np.stack([table[t] for t in texts])  # stage 1 (the encoder's place)
         with lock:
