@@ -139,7 +139,7 @@ def score_tolerance(dtype: str, metric: str, query_norm: float, vector_norm: flo
 def default_dtype(device: str) -> str:
     """fp16 on a GPU (tensor cores; fp16 keeps 3 more mantissa bits than bf16, and unit-norm embeddings
     are far from its range limit); float32 on the CPU: the mapped file itself, zero copy and exact
-    (bfloat16 is faster on CPUs with AVX512-BF16/AMX but is a private copy per worker; bench/README.md)."""
+    (a 16-bit dtype there is a private copy per worker)."""
     return "float32" if device == "cpu" else "float16"
 
 
