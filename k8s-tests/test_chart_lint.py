@@ -23,6 +23,7 @@ REQUIRED_CI = {
     "monitoring",
     "auth",
     "networkpolicy",
+    "gpu",
 }
 
 
