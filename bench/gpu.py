@@ -364,7 +364,11 @@ def serve_synthetic() -> int:
         status.set_stage("loading the random e5-shaped encoder")
         encoder_dtype = settings.encoder_dtype if settings.encoder_dtype != "auto" else dtype
         config = EncoderConfig(
-            model=str(settings.model), prefix="query: ", device=device, dtype=encoder_dtype, batch_size=64
+            model=str(settings.model),
+            prefix="query: ",
+            device=device,
+            dtype=encoder_dtype,
+            batch_size=settings.max_batch_size,
         )
         encoder = SentenceTransformerEncoder(config)
         status.set_stage(f"generating {rows} synthetic rows on {settings.index_device}")
