@@ -294,6 +294,11 @@ class Engine:
     async def _release(self, serving: Serving) -> None:
         """The old index once its last admitted search is answered: stop its lane, drop its maps."""
         await serving.scheduler.stop()
+        # A device index (torch) frees its GPU memory and stops its owner thread now: its searches
+        # all ran through the stopped scheduler.
+        close_index = getattr(serving.retriever.index, "close", None)
+        if close_index is not None:
+            await asyncio.to_thread(close_index)
         # The index and corpus mappings go with their last reference (a response being rendered
         # may still hold the corpus for a moment): no explicit close under a reader.
         serving.retriever = None  # type: ignore[assignment]
