@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, ci, env_of, render, render_error
+from chart_helpers import REPO, ci, env_of, render, render_error
 from test_plan_matches_chart import fake_index_dir
 
 GPU = {"gpu.enabled": True}
