@@ -57,9 +57,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def _usage_errors() -> tuple[type[RetrieverError], ...]:
     """Configuration errors (bad auth settings included): exit 2. Every other RetrieverError is about
     data (a file, the index, the model, a build): exit 3."""
+    from app.devices import DeviceError
     from app.guards import GuardError
 
-    return (UsageError, GuardError)
+    return (UsageError, GuardError, DeviceError)
 
 
 def _bool(value: str) -> bool:
