@@ -153,7 +153,8 @@ async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 )
 async def retrieve(request: RetrieveRequest, engine: EngineDep) -> Response:
     """Search-R1's contract: one list per query, input order, best first."""
-    found = await engine.search(request.queries, request.topk)
+    overrides = request.search_params.model_dump(exclude_none=True) if request.search_params else None
+    found = await engine.search(request.queries, request.topk, overrides)
     started = time.perf_counter()
     body = render_retrieve_response(found.scores, found.ids, found.row_bytes, request.return_scores)
     metrics.STAGE_SECONDS.labels("fetch").observe(time.perf_counter() - started)
@@ -255,8 +256,11 @@ def _openapi_with_limits(app: FastAPI) -> dict[str, Any]:
     """The generated schema, plus the request limits the engine applies and, with authentication
     on, the bearer scheme (Swagger UI's Authorize button; the open paths need none)."""
     if app.openapi_schema is None:
+        engine = app.state.engine
+        retriever = engine.retriever
+        knobs = getattr(retriever.index, "search_params", dict)() if retriever is not None else None
         schema = FastAPI.openapi(app)
-        app.state.engine.limits.apply_to_openapi(schema)
+        engine.limits.apply_to_openapi(schema, knobs)
         open_paths = getattr(app.state, "open_paths", None)
         if open_paths is not None:
             schema.setdefault("components", {})["securitySchemes"] = {
@@ -267,6 +271,9 @@ def _openapi_with_limits(app: FastAPI) -> dict[str, Any]:
                 if path in open_paths:
                     for operation in operations.values():
                         operation["security"] = []
+        if retriever is None:  # the index's knobs are not known yet: describe them again once loaded
+            app.openapi_schema = None
+            return schema
     return app.openapi_schema
 
 

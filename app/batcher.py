@@ -36,12 +36,10 @@ from app.lanes import ComputeLane, Helpers
 
 log = logging.getLogger(__name__)
 
-# (queries, topk, the lane's helpers or None) -> (scores, ids), each of shape (len(queries), topk)
-# (queries, topk, helpers) -> (scores, ids); or a Future of them when the search stage runs elsewhere
-# (the torch index's owner thread): the batcher then pipelines (see PIPELINE_DEPTH).
-SearchFn = Callable[
-    [list[str], int, Helpers | None], "tuple[np.ndarray, np.ndarray] | Future[tuple[np.ndarray, np.ndarray]]"
-]
+# (queries, topk, helpers[, a request's search params]) -> (scores, ids); or a Future of them when the
+# search stage runs elsewhere (the torch index's owner thread): the batcher then pipelines (see
+# PIPELINE_DEPTH). The fourth argument is passed only when a request sent a knob override.
+SearchFn = Callable[..., "tuple[np.ndarray, np.ndarray] | Future[tuple[np.ndarray, np.ndarray]]"]
 
 # Batch forming: when the lane frees up and fewer queries wait than the last batch held (its callers
 # are still reading their answers and sending the next request), wait a little for them rather than
@@ -61,6 +59,7 @@ class _Job:
     topk: int
     future: asyncio.Future[tuple[np.ndarray, np.ndarray]]
     enqueued: float = field(default_factory=time.perf_counter)
+    params: dict[str, int] | None = None  # per-request knob override: batched only with equal ones
 
 
 class Scheduler:
@@ -124,7 +123,13 @@ class Scheduler:
     async def stop(self) -> None:
         return None
 
-    async def submit(self, queries: list[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
+    def waiting(self) -> bool:
+        """Admitted queries not answered yet (background work yields to them)."""
+        return self.queued_queries > 0
+
+    async def submit(
+        self, queries: list[str], topk: int, params: dict[str, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
 
@@ -152,6 +157,10 @@ class MicroBatcher(Scheduler):
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="micro-batcher")
 
+    def waiting(self) -> bool:
+        """Queries waiting for the lane (those of the running batch are not: the lane has them)."""
+        return bool(self._pending)
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -169,9 +178,11 @@ class MicroBatcher(Scheduler):
             if not job.future.done():
                 job.future.set_exception(BatchFailed(detail))
 
-    async def submit(self, queries: list[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
+    async def submit(
+        self, queries: list[str], topk: int, params: dict[str, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         self._admit(len(queries))
-        job = _Job(queries, topk, asyncio.get_running_loop().create_future())
+        job = _Job(queries, topk, asyncio.get_running_loop().create_future(), params=params or None)
         self._pending.append(job)
         self._wakeup.set()
         return await job.future
@@ -185,7 +196,7 @@ class MicroBatcher(Scheduler):
                 self._pending.popleft()
                 self._release(len(job.queries))
                 continue
-            if jobs and size + len(job.queries) > self.max_batch_size:
+            if jobs and (size + len(job.queries) > self.max_batch_size or job.params != jobs[0].params):
                 break
             self._pending.popleft()
             jobs.append(job)
@@ -231,7 +242,10 @@ class MicroBatcher(Scheduler):
         self.running_queries, self.running_since = len(texts), time.perf_counter()
         handed_over = False
         try:
-            outcome = await loop.run_in_executor(self.lane.executor, self._search, texts, topk, self.lane.helpers)
+            extra = (jobs[0].params,) if jobs[0].params else ()  # only when a request sent an override
+            outcome = await loop.run_in_executor(
+                self.lane.executor, self._search, texts, topk, self.lane.helpers, *extra
+            )
             if isinstance(outcome, Future):  # encoded; the search runs on the index owner (--pipeline)
                 handed_over = True
                 self._searching.append(asyncio.ensure_future(self._complete(jobs, texts, started, outcome)))
@@ -296,7 +310,9 @@ class PerRequestRunner(Scheduler):
     async def stop(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, queries: list[str], topk: int) -> tuple[np.ndarray, np.ndarray]:
+    async def submit(
+        self, queries: list[str], topk: int, params: dict[str, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         self._admit(len(queries))
         loop = asyncio.get_running_loop()
         enqueued = time.perf_counter()
@@ -304,7 +320,7 @@ class PerRequestRunner(Scheduler):
         def run() -> tuple[np.ndarray, np.ndarray]:
             metrics.STAGE_SECONDS.labels("queue_wait").observe(time.perf_counter() - enqueued)
             metrics.BATCH_SIZE.observe(len(queries))
-            return self._search(queries, topk, None)
+            return self._search(queries, topk, None, params or None)
 
         try:
             return await loop.run_in_executor(self._executor, run)

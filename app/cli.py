@@ -179,6 +179,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from app.convert import cmd_convert as run_convert
+
+    return run_convert(args)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from app.service import Status, load
 
@@ -270,6 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
     build = command("build", "build an index directory from a passages .jsonl")
     _add_option_flags(build, BuildOptions)
     build.set_defaults(func=cmd_build)
+
+    convert = command(
+        "convert", "make a compressed / ANN index from a Flat index directory (no re-encoding), with its recall"
+    )
+    convert.add_argument("source", metavar="SRC_DIR", help="index directory holding a Flat index")
+    convert.add_argument("--index-type", required=True, help="FAISS factory string; 'IVF' without n: recommended nlist")
+    convert.add_argument("--out", required=True, help="index directory to create")
+    convert.add_argument("--train-size", type=int, default=100_000, help="training sample (random source vectors)")
+    convert.add_argument("--chunk-size", type=int, default=65_536, help="vectors read and added per step")
+    convert.add_argument("--queries", default=None, help="recall queries: text (one per line) or jsonl with 'query'")
+    convert.add_argument("--recall-queries", type=int, default=500, help="size of the recall query sample")
+    convert.add_argument("--target-recall", type=float, default=0.95, help="recall@10 the stored default must reach")
+    convert.add_argument("--no-recall", action="store_true", help="skip measuring recall")
+    convert.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
+    convert.add_argument("--force", action="store_true", help="replace an existing output directory")
+    convert.add_argument("--no-progress", action="store_true", help="no progress bars")
+    convert.set_defaults(func=cmd_convert)
 
     verify = command("verify", "check an index directory: checksums, counts, a query")
     verify.add_argument("index_dir", help="index directory made by `retriever build`")

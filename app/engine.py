@@ -48,7 +48,7 @@ from app import __version__, metrics
 from app.backends import Encoder, VectorIndex
 from app.batcher import MicroBatcher, PerRequestRunner, Scheduler
 from app.corpus import CorpusReadError, CorpusStore
-from app.errors import LoadError, NotReady, Overloaded, StoreUnavailable
+from app.errors import BadRequest, LoadError, NotReady, Overloaded, StoreUnavailable
 from app.lanes import ComputeLane
 from app.result_cache import ResultCache
 from app.schemas import RequestLimits
@@ -247,6 +247,7 @@ class Engine:
         else:
             scheduler = PerRequestRunner(retriever.search, settings.per_request_threads, settings.max_queue)
         await scheduler.start()
+        retriever.waiting = scheduler.waiting  # background work (the recall guard) yields to queued queries
         self._generation += 1
         sharing = QuerySharing(scheduler.submit, self.result_cache, settings.dedup_queries)
         self._retriever = retriever
@@ -294,6 +295,8 @@ class Engine:
     async def _release(self, serving: Serving) -> None:
         """The old index once its last admitted search is answered: stop its lane, drop its maps."""
         await serving.scheduler.stop()
+        if serving.retriever.recall_guard is not None:
+            serving.retriever.recall_guard.stop()
         # A device index (torch) frees its GPU memory and stops its owner thread now: its searches
         # all ran through the stopped scheduler.
         close_index = getattr(serving.retriever.index, "close", None)
@@ -307,20 +310,27 @@ class Engine:
 
     # -- answering ---------------------------------------------------------------------------
 
-    async def search(self, queries: list[str], topk: int | None) -> SearchResult:
-        """Top `topk` rows per query (None or 0: the default). Raises NotReady, BadRequest
-        (limits, invalid text), Overloaded (refused at admission) or BatchFailed."""
+    async def search(
+        self, queries: list[str], topk: int | None, search_params: dict[str, int] | None = None
+    ) -> SearchResult:
+        """Top `topk` rows per query (None or 0: the default). `search_params`: a per-request
+        nprobe / efSearch override (None: the server's settings). Raises NotReady, BadRequest
+        (limits, invalid text, a knob the index lacks), Overloaded (refused at admission) or BatchFailed."""
         serving = self._current
         if serving is None:
             raise NotReady(self._not_ready_detail())
         topk = self.limits.check(queries, topk)
         retriever = serving.retriever
+        params = check_search_params(search_params, retriever.index)
         self.inflight += 1
         serving.active += 1
         metrics.INFLIGHT.set(self.inflight)
         try:
             version = Version(f"{retriever.version}#{serving.generation}", retriever.encoder.name)
-            scores, ids = await serving.sharing.search(queries, topk, version)
+            if params:  # an override is never shared or cached: the cache keys hold no knobs
+                scores, ids = await serving.scheduler.submit(queries, topk, params)
+            else:
+                scores, ids = await serving.sharing.search(queries, topk, version)
         finally:
             self.inflight -= 1
             serving.active -= 1
@@ -373,7 +383,7 @@ class Engine:
             "index_version": self.serving_version,
             "last_reload": self.last_reload,
             "model": retriever.encoder.describe(),
-            "index": retriever.index.describe(),
+            "index": retriever.index.describe() | {"recall_at_build": retriever.build_recall or None},
             "stages": stages(retriever),
             "corpus": {
                 "path": str(retriever.corpus.directory),
@@ -396,7 +406,21 @@ class Engine:
                 "max_query_tokens": retriever.encoder.max_length,
             },
             "result_cache": self._result_cache_info(),
+            "recall_guard": retriever.recall_guard.snapshot() if retriever.recall_guard else None,
             "dedup_queries": settings.dedup_queries,
             "warmup": {"state": status.warmup, "progress": round(status.warmup_progress, 3)},
             "pid": os.getpid(),
         }
+
+
+def check_search_params(asked: dict[str, int] | None, index: VectorIndex) -> dict[str, int] | None:
+    """A request's knob override as the index can apply it; BadRequest naming the field otherwise."""
+    if not asked:
+        return None
+    available: dict[str, int] = getattr(index, "search_params", dict)()
+    for name, value in asked.items():
+        if name not in available:
+            raise BadRequest(f"search_params.{name}: the served index ({index.type_name}) has no {name}")
+        if name == "nprobe" and value > available["nlist"]:
+            raise BadRequest(f"search_params.nprobe: {value} exceeds the index's {available['nlist']} lists")
+    return asked

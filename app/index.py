@@ -176,7 +176,28 @@ class FaissIndex:
             params["efSearch"] = int(inner.hnsw.efSearch)
         return params
 
-    def search(self, vectors: np.ndarray, topk: int, helpers: Helpers | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def faiss_params(self, params: dict[str, int] | None) -> faiss.SearchParameters | None:
+        """FAISS per-call parameters for a request's override ({"nprobe": n} / {"efSearch": n})."""
+        if not params:
+            return None
+        outer = faiss.downcast_index(self.index)
+        inner = faiss.downcast_index(outer.index) if isinstance(outer, faiss.IndexPreTransform) else outer
+        chosen: faiss.SearchParameters | None = None
+        if "nprobe" in params and faiss.try_extract_index_ivf(inner) is not None:
+            chosen = faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+        elif "efSearch" in params and hasattr(inner, "hnsw"):
+            chosen = faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
+        if chosen is not None and inner is not outer:
+            chosen = faiss.SearchParametersPreTransform(index_params=chosen)
+        return chosen
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        topk: int,
+        helpers: Helpers | None = None,
+        params: dict[str, int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scores and row ids, best first; ids are -1 where fewer than topk rows exist.
 
         With `helpers` (a batching lane), the work is split between threads that each compute
@@ -184,14 +205,19 @@ class FaissIndex:
         the index is still read once per batch), any other index by queries.
         """
         k = min(topk, max(self.count, 1))
+        chosen = self.faiss_params(params)
+
+        def run(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return self.index.search(part, k, params=chosen) if chosen is not None else self.index.search(part, k)
+
         if helpers is None:
-            return self.index.search(vectors, k)
+            return run(vectors)
         if self._rows is not None and self.count >= MIN_ROWS_TO_SPLIT:
             return self._search_slices(vectors, k, helpers)
         parts = min(helpers.count + 1, len(vectors))
         if parts < 2:
-            return self.index.search(vectors, k)
-        found = helpers.map(lambda part: self.index.search(part, k), np.array_split(vectors, parts))
+            return run(vectors)
+        found = helpers.map(run, np.array_split(vectors, parts))
         return np.concatenate([d for d, _ in found]), np.concatenate([i for _, i in found])
 
     def _search_slices(self, vectors: np.ndarray, k: int, helpers: Helpers) -> tuple[np.ndarray, np.ndarray]:

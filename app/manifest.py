@@ -43,6 +43,8 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
+    # Recall against exact search measured by `retriever convert` (app/recall.py); empty for Flat.
+    recall: dict[str, Any] = field(default_factory=dict)
 
     def write(self, directory: Path) -> None:
         path = directory / MANIFEST_FILE

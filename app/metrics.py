@@ -110,6 +110,20 @@ FILE_MAPPED_BYTES = Gauge(
 )
 CPU_SECONDS = Gauge("retriever_process_cpu_seconds", "CPU seconds used per worker.", multiprocess_mode="liveall")
 START_TIME = Gauge("retriever_process_start_time_seconds", "Worker start time (unix).", multiprocess_mode="liveall")
+# Live recall guard (app/recall_guard.py): served answers compared with an exact search, in the background.
+LIVE_RECALL = Gauge(
+    "retriever_live_recall",
+    "Mean recall of served answers against exact search over the last recall_window samples (k: 1 or topk).",
+    ["k"],
+    multiprocess_mode="livemin",
+)
+LIVE_RECALL_FLOOR = Gauge(
+    "retriever_live_recall_floor", "Configured recall floor (RETRIEVER_RECALL_FLOOR).", multiprocess_mode="max"
+)
+LIVE_RECALL_SAMPLES = Counter("retriever_live_recall_samples_total", "Served queries checked against exact search.")
+LIVE_RECALL_DROPPED = Counter(
+    "retriever_live_recall_dropped_total", "Sampled queries dropped unchecked because the guard's queue was full."
+)
 
 
 def read_memory() -> dict[str, int]:

@@ -26,6 +26,20 @@ def _json_integer(value: object) -> object:
     return value
 
 
+class SearchParams(BaseModel):
+    """Per-request override of the index's runtime knobs. Search-R1 and verl clients never send it, so
+    they get the server's settings; requests with different overrides never share a batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nprobe: Annotated[int, BeforeValidator(_json_integer)] | None = Field(
+        None, ge=1, le=65536, description="IVF lists probed for this request's queries (IVF indexes only)."
+    )
+    efSearch: Annotated[int, BeforeValidator(_json_integer)] | None = Field(  # FAISS's own name
+        None, ge=1, le=32768, description="HNSW efSearch for this request's queries (HNSW indexes only)."
+    )
+
+
 class RetrieveRequest(BaseModel):
     """Search-R1's request. Unknown fields are ignored, as its server does. Values are taken as
     their OpenAPI schema types say, without coercion: no "3" for 3, no 0 for false."""
@@ -37,6 +51,9 @@ class RetrieveRequest(BaseModel):
         None, description="Passages per query; null or 0 means the server default (3)."
     )
     return_scores: StrictBool = Field(False, description="Wrap each passage as {document, score}.")
+    search_params: SearchParams | None = Field(
+        None, description="Optional per-request override of nprobe / efSearch; omitted: the server's settings."
+    )
 
 
 class Document(BaseModel):
@@ -122,13 +139,24 @@ class RequestLimits:
             raise BadRequest(f"topk: {topk} exceeds the limit of {self.max_topk} (RETRIEVER_MAX_TOPK)", "topk")
         return topk
 
-    def apply_to_openapi(self, schema: dict[str, Any]) -> None:
-        """Write these limits into a generated OpenAPI schema's RetrieveRequest."""
+    def apply_to_openapi(self, schema: dict[str, Any], knobs: dict[str, int] | None = None) -> None:
+        """Write these limits into a generated OpenAPI schema's RetrieveRequest; with `knobs` (the
+        served index's search params, once loaded) `search_params` offers only the knobs it has."""
         fields = schema["components"]["schemas"]["RetrieveRequest"]["properties"]
         fields["queries"].update(minItems=1, maxItems=self.max_queries)
         for option in fields["topk"].get("anyOf", [fields["topk"]]):
             if option.get("type") == "integer":
                 option.update(minimum=0, maximum=self.max_topk)
+        params = schema["components"]["schemas"].get("SearchParams", {}).get("properties", {})
+        for name, field in params.items():
+            for option in field.get("anyOf", []):
+                if option.get("type") == "integer":  # pydantic writes ge/le raw behind the validator
+                    option["minimum"], option["maximum"] = option.pop("ge", 1), option.pop("le", None)
+                    if name == "nprobe" and knobs and "nlist" in knobs:
+                        option["maximum"] = knobs["nlist"]
+            if knobs is not None and name not in knobs:
+                field["anyOf"] = [{"type": "null"}]
+                field["description"] += " Not available: the served index has no such knob."
 
 
 def render_retrieve_response(

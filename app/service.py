@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from app.index_torch import TorchFlatIndex, placement
 from app.lanes import Helpers
 from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest
 from app.progress import Progress
+from app.recall_guard import RecallGuard, start_guard
 from app.settings import Settings
 from app.spec import EncoderSpec, IndexSpec, resolve_encoder, resolve_index
 
@@ -83,10 +85,20 @@ class Retriever:
         # Two stages (encode here, search on the torch index's owner thread): the batcher then encodes
         # the next batch while this one is searched (--pipeline).
         self.pipeline = pipeline and isinstance(index, TorchFlatIndex)
+        self.build_recall: dict[str, Any] = {}  # the manifest's recall report (`retriever convert`)
+        self.recall_guard: RecallGuard | None = None  # live exact re-checks of served answers
+        self.waiting: Callable[[], bool] | None = None  # set by the engine once its scheduler runs
 
-    def search(self, queries: list[str], topk: int, helpers: Helpers | None = None) -> Any:
+    def busy(self) -> bool:
+        """Admitted queries wait for the compute lane (or no scheduler yet): background work waits."""
+        return self.waiting is None or self.waiting()
+
+    def search(
+        self, queries: list[str], topk: int, helpers: Helpers | None = None, params: dict[str, int] | None = None
+    ) -> Any:
         """Encode and search one batch; in a batching lane both stages share it with `helpers`.
-        Pipelined: returns the Future of the search, queued on the index's owner thread."""
+        Pipelined: returns the Future of the search, queued on the index's owner thread.
+        `params`: a request's nprobe / efSearch override (only FAISS indexes take one)."""
         started = time.perf_counter()
         vectors = self.encoder.encode(queries, helpers)
         encoded = time.perf_counter()
@@ -97,9 +109,14 @@ class Retriever:
                 lambda _: metrics.STAGE_SECONDS.labels("search").observe(time.perf_counter() - encoded)
             )
             return pending
-        scores, ids = self.index.search(vectors, topk, helpers)
+        if params:
+            scores, ids = self.index.search(vectors, topk, helpers, params)  # type: ignore[call-arg]
+        else:
+            scores, ids = self.index.search(vectors, topk, helpers)
         metrics.STAGE_SECONDS.labels("encode").observe(encoded - started)
         metrics.STAGE_SECONDS.labels("search").observe(time.perf_counter() - encoded)
+        if self.recall_guard is not None:
+            self.recall_guard.offer(vectors, ids, topk)
         return scores, ids
 
 
@@ -204,6 +221,11 @@ def load(settings: Settings, status: Status) -> Retriever:
     retriever = Retriever(
         encoder, index, corpus, index_version(sources), pipeline=settings.pipeline and settings.batching
     )
+    retriever.build_recall = manifest.recall if manifest is not None else {}
+    try:  # the guard waits for the scheduler (retriever.waiting) before it checks anything
+        retriever.recall_guard = start_guard(settings, manifest, index, busy=retriever.busy)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from None
     status.set_stage("self-test query")
     if not index.self_test(encoder.encode(["health check"])):
         raise LoadError(f"{sources.index_path}: self-test query returned no result")

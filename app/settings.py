@@ -41,6 +41,17 @@ class Settings(BaseSettings):
     ready_before_warmup: bool = Field(True, description="Report ready while warm-up still runs.")
     verify_checksums: bool = Field(False, description="Check sha256 of every file against the manifest.")
 
+    # -- live recall guard (approximate indexes: served answers re-checked exactly in the background)
+    recall_sample_fraction: float = Field(
+        0.01, ge=0, le=1, description="Share of served queries re-searched exactly (0: guard off)."
+    )
+    recall_reference: Path | None = Field(
+        None, description="Exact (Flat) index to check against (default: the one `convert` recorded)."
+    )
+    recall_queue: int = Field(32, ge=1, description="Samples waiting for the guard; beyond it they are dropped.")
+    recall_window: int = Field(200, ge=1, description="Samples averaged into the live recall gauges.")
+    recall_floor: float = Field(0.9, ge=0, le=1, description="Live recall@topk below this fires an alert.")
+
     # -- request limits
     default_topk: int = Field(3, ge=1, description="topk used when a request sends null or 0.")
     max_topk: int = Field(100, ge=1, description="Largest topk a request may ask for.")

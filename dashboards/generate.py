@@ -647,6 +647,38 @@ def retriever_dashboard() -> Json:
         w=12,
         options={"showHeader": True},
     )
+    lay.add(
+        "timeseries",
+        "Live recall (approximate index vs exact)",
+        "Mean recall of served answers re-checked by exact search in the background (a sample of "
+        "RETRIEVER_RECALL_SAMPLE_FRACTION of queries, last RETRIEVER_RECALL_WINDOW samples): k=1 is the top "
+        "answer, k=topk the request's topk. The dashed line is the configured floor (RETRIEVER_RECALL_FLOOR). "
+        "No data: the index is exact or no exact reference is configured.",
+        "percentunit",
+        [
+            target(f"min by (pod, k) (retriever_live_recall{{{SEL}}})", "{{pod}} recall@{{k}}", "A"),
+            target(f"max(retriever_live_recall_floor{{{SEL}}})", "floor", "B"),
+        ],
+        w=12,
+        min_=0,
+        max_=1,
+        options=TS_OPTIONS,
+        steps=thresholds((None, "red"), (0.9, "green")),
+    )
+    lay.add(
+        "timeseries",
+        "Recall guard samples",
+        "Served queries re-checked exactly per second, and samples dropped unchecked because the guard's "
+        "bounded queue was full (the guard yields to serving: drops grow under load, by design).",
+        "ops",
+        [
+            target(f"sum by (pod) (rate(retriever_live_recall_samples_total{{{SEL}}}[{RI}]))", "{{pod}} checked", "A"),
+            target(f"sum by (pod) (rate(retriever_live_recall_dropped_total{{{SEL}}}[{RI}]))", "{{pod}} dropped", "B"),
+        ],
+        w=12,
+        min_=0,
+        options=TS_OPTIONS,
+    )
 
     return {
         "uid": "retriever-overview",

@@ -405,6 +405,7 @@ def build_live_stack(
     mix: LoadMix | None = None,
     restart: bool = True,
     with_k6: bool = True,
+    service_env: dict[str, str] | None = None,
 ) -> Iterator[LiveStack]:
     """Service up -> Prometheus scraping -> load -> restart (not-ready window) -> load -> settle.
 
@@ -415,7 +416,7 @@ def build_live_stack(
     # spreads the connections, so one more request than all the queues can admit together.
     per_worker = LIVE_ENV_LIMITS["RETRIEVER_MAX_QUEUE"] // mix.burst_queries
     mix.burst = workers * per_worker + 1
-    env = {k: str(v) for k, v in LIVE_ENV_LIMITS.items()}
+    env = {k: str(v) for k, v in LIVE_ENV_LIMITS.items()} | (service_env or {})
     service = RetrieverService(workdir / "service", demo_limit=demo_limit, workers=workers, env=env)
     prometheus = Prometheus(
         workdir / "prometheus", [f"127.0.0.1:{service.port}"], rule_files=[RULES_FILE], scrape_interval="1s"

@@ -55,6 +55,25 @@ def grafana_dashboard_schema(tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return schema
 
 
+def approximate_demo(workdir: Path, demo_limit: int) -> dict[str, str]:
+    """Serve an approximate (IVF-SQ8) index made from the demo Flat index by `retriever convert`, with
+    the live recall guard checking every other query against that Flat index (its recorded exact
+    reference): the live recall gauges then carry real, moving values. nprobe 1 of 4 lists keeps
+    recall visibly below 1; the floor sits under it so the alert stays quiet."""
+    from app.convert import ConvertOptions, convert
+    from app.demo import ensure_demo_index
+
+    demo = ensure_demo_index(h.REPO / ".cache", demo_limit, progress=False)
+    approximate = workdir / "demo-ivf-sq8"
+    convert(ConvertOptions(demo, approximate, "IVF,SQ8", measure_recall=False, progress=False))
+    return {
+        "RETRIEVER_INDEX_DIR": str(approximate),
+        "RETRIEVER_NPROBE": "1",
+        "RETRIEVER_RECALL_SAMPLE_FRACTION": "0.5",
+        "RETRIEVER_RECALL_FLOOR": "0.2",
+    }
+
+
 @pytest.fixture(scope="session")
 def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.LiveStack]:
     if not h.prometheus_binary():
@@ -65,6 +84,7 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.LiveStack
     workdir = tmp_path_factory.mktemp("live")
     yield from h.build_live_stack(
         workdir,
+        service_env=approximate_demo(workdir, int(os.environ.get("OBS_DEMO_LIMIT", "300"))),
         workers=int(os.environ.get("OBS_WORKERS", "2")),
         demo_limit=int(os.environ.get("OBS_DEMO_LIMIT", "300")),
         ready_timeout=float(os.environ.get("OBS_READY_TIMEOUT", "900")),
