@@ -32,7 +32,7 @@ import numpy as np
 from app import metrics
 from app.batch_cost import BatchCostModel
 from app.errors import BatchFailed, Overloaded
-from app.lanes import ComputeLane, Helpers
+from app.lanes import ComputeLane
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ class PerRequestRunner(Scheduler):
         def run() -> tuple[np.ndarray, np.ndarray]:
             metrics.STAGE_SECONDS.labels("queue_wait").observe(time.perf_counter() - enqueued)
             metrics.BATCH_SIZE.observe(len(queries))
-            return self._search(queries, topk, None, params or None)
+            return self._search(queries, topk, None, params) if params else self._search(queries, topk, None)
 
         try:
             return await loop.run_in_executor(self._executor, run)
