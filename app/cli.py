@@ -167,6 +167,19 @@ def _fail(message: str) -> Exception:
     return LoadError(message)
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """MCP over stdio for a local agent: an index loaded here, or `--server` forwarded to."""
+    import asyncio
+
+    from app.mcp_server import serve_stdio
+
+    settings = _settings_from(args)
+    if args.server is None:
+        _preflight(settings)
+    asyncio.run(serve_stdio(settings, args.server, args.token or os.environ.get("RETRIEVER_MCP_TOKEN")))
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from app.builder import build
 
@@ -266,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+    mcp = command("mcp", "MCP server on stdin/stdout (tools: search, get_document) for a local agent")
+    _add_settings_flags(mcp)
+    mcp.add_argument("--server", default=None, help="forward to this running retriever instead of loading an index")
+    mcp.add_argument("--token", default=None, help="bearer token for --server [env RETRIEVER_MCP_TOKEN]")
+    mcp.set_defaults(func=cmd_mcp)
 
     build = command("build", "build an index directory from a passages .jsonl")
     _add_option_flags(build, BuildOptions)

@@ -68,6 +68,13 @@ REJECTION_REASONS = (
 )  # fmt: skip
 for _reason in REJECTION_REASONS:
     REJECTIONS.labels(_reason)  # exported as 0 from the start, so rate() sees the first refusal
+DIALECT_REQUESTS = Counter(
+    "retriever_dialect_requests_total",
+    "Requests by wire dialect (search_r1, rllm, flashrag, mcp, ...) and outcome (ok or the refusal reason).",
+    ["dialect", "outcome"],
+)
+for _dialect in ("search_r1", "single_query", "rllm", "browsecomp_plus", "flashrag", "asearcher", "mcp"):
+    DIALECT_REQUESTS.labels(_dialect, "ok")  # exported as 0 from the start, as the rejections are
 INDEX_VECTORS = Gauge("retriever_index_vectors", "Vectors in the index.", multiprocess_mode="max")
 INDEX_BYTES = Gauge("retriever_index_bytes", "Size of the index file.", multiprocess_mode="max")
 CORPUS_BYTES = Gauge("retriever_corpus_bytes", "Size of the corpus store.", multiprocess_mode="max")

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body.")
     body_read_timeout_s: float = Field(30.0, gt=0, description="Most seconds to receive a request body (else 408).")
 
+    # -- trainers' dialects (app/dialects.py)
+    browsecomp_k: int = Field(
+        5, ge=1, description="Results for requests that carry no count (BrowseComp-Plus's /retrieve, MCP search)."
+    )
+
     # -- batching and admission
     batching: bool = Field(True, description="Coalesce concurrent requests into shared batches.")
     dedup_queries: bool = Field(
