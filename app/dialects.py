@@ -3,14 +3,17 @@
 Every adapter turns its request into `engine.search(queries, topk)`, so a request in any dialect
 joins the same batches, and maps the corpus rows to the document shape its clients read:
 
-| dialect           | request                                               | answer                                      |
-|-------------------|-------------------------------------------------------|---------------------------------------------|
-| `search_r1`       | POST /retrieve {"queries": [..], "topk", "return_scores"} | {"result": [[row | {document, score}]]}  |
-| `single_query`    | POST /retrieve {"query": str, "topk", "return_scores"} | the same, one list                          |
-| `rllm`            | POST /retrieve {"query", "top_k"/"k"}; GET /stats      | {"query", "results": [{id, content, score}]} |
-| `browsecomp_plus` | POST /retrieve {"query"}; POST /document {"docid"}     | {"result": [{document: {title, text}, docid}]} |
-| `flashrag`        | POST /search {"query", "top_n", "return_score"}; POST /batch_search {"query": [..]} | [doc] or [[doc], [score]] (ReCall) |
-| `asearcher`       | POST /access {"urls": [..]} (search: Search-R1's /retrieve) | {"result": [row | null]}                |
+- `search_r1`: POST /retrieve {"queries", "topk", "return_scores"} (Search-R1, verl, SkyRL,
+  ASearcher's search) -> {"result": [[row or {document: row, score}]]}, rows as stored (url too).
+- `single_query`: POST /retrieve {"query", "topk", "return_scores"} -> the same, one list.
+- `rllm`: POST /retrieve {"query", "top_k" or "k"} -> {"query", "results": [{id, content: row,
+  score}], ...}; GET /stats.
+- `browsecomp_plus`: POST /retrieve {"query"} -> {"result": [{document: {title, text}, docid,
+  score}]}; POST /document {"docid"} -> {"result": {docid, title, text}}.
+- `flashrag` (ReCall): POST /search {"query", "top_n", "return_score"} -> [{id, contents}] or
+  [docs, scores]; POST /batch_search {"query": [..], ...} -> [[docs]] or [[[docs]], [[scores]]].
+- `asearcher`: POST /access {"urls": [..]} -> {"result": [row or null]}.
+- `mcp`: the MCP tools (app/mcp_server.py), counted here too.
 
 `/retrieve` is shared: the body decides (`choose_retrieve_dialect`): `queries` is Search-R1's; a
 `query` with `top_k` or `k` is rLLM's; with `topk` or `return_scores` the single-query form; a
@@ -301,9 +304,7 @@ async def _rllm(request: RllmRetrieveRequest, engine: Engine) -> Response:
     topk = checked_count(field, count, engine.settings.max_topk, "RETRIEVER_MAX_TOPK")
     found = await engine.search([request.query], topk)
     started = time.perf_counter()
-    results = [
-        {"id": doc_id(row, number), "content": row, "score": score} for number, score, row in hits(found, 0)
-    ]
+    results = [{"id": doc_id(row, number), "content": row, "score": score} for number, score, row in hits(found, 0)]
     body = {"query": request.query, "method": RLLM_METHOD, "results": results, "num_results": len(results)}
     _observe_fetch(started, 1)
     return _json(body)
@@ -344,7 +345,9 @@ def _flashrag_lists(found: SearchResult, query_index: int) -> tuple[list[dict[st
     return documents, scores
 
 
-@router.post("/search", response_model=list[FlashRagDocument] | tuple[list[FlashRagDocument], list[float]], responses=ERRORS)
+@router.post(
+    "/search", response_model=list[FlashRagDocument] | tuple[list[FlashRagDocument], list[float]], responses=ERRORS
+)
 async def flashrag_search(body: Annotated[Any, Body()], engine: EngineDep) -> Response:
     """FlashRAG's retriever serving (ReCall's `wikipedia_search`): a list of {id, contents}, or
     `[documents, scores]` with return_score."""
