@@ -341,6 +341,24 @@ def retriever_dashboard() -> Json:
         options=TS_OPTIONS,
     )
 
+    lay.add(
+        "timeseries",
+        "Requests/s by dialect",
+        "Traffic per client wire format (search_r1, single_query, rllm, browsecomp_plus, flashrag, asearcher, "
+        "mcp) and outcome (ok, or the refusal reason): every dialect shares the same batches.",
+        "reqps",
+        [
+            target(
+                f"sum by (dialect, outcome) (rate(retriever_dialect_requests_total{{{SEL}}}[{RI}]))",
+                "{{dialect}} {{outcome}}",
+                "A",
+            )
+        ],
+        w=24,
+        min_=0,
+        options=TS_OPTIONS,
+    )
+
     # ---------------------------------------------------------------- batching
     lay.row("Batching, queue and stages")
     lay.add(
