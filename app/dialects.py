@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -40,6 +41,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from pydantic_core import PydanticCustomError
 
 from app import metrics
+from app.corpus import CorpusStore
 from app.documents import DocumentLookup, doc_id, split_contents
 from app.engine import Engine, SearchResult
 from app.errors import BadRequest, NotFound, NotReady, ServingError
@@ -387,16 +389,18 @@ async def flashrag_batch_search(body: Annotated[Any, Body()], engine: EngineDep)
 # -- lookups by id / url ----------------------------------------------------------------------------
 
 
+_lookups: weakref.WeakKeyDictionary[CorpusStore, DocumentLookup] = weakref.WeakKeyDictionary()
+
+
 def lookup(engine: Engine) -> DocumentLookup:
-    """The engine's document lookup (made once per loaded corpus)."""
+    """The document lookup of the engine's corpus (one per loaded corpus; its tables are built once)."""
     corpus = engine.corpus
-    if corpus is None or not engine.ready:
-        raise NotReady("not ready: the corpus is still loading")
-    current = getattr(engine, "_document_lookup", None)
-    if current is None or current.corpus is not corpus:
-        current = DocumentLookup(corpus)
-        engine._document_lookup = current  # type: ignore[attr-defined]
-    return current
+    if corpus is None or engine.status.state not in ("ready", "shutting_down"):
+        raise NotReady(f"not ready: {engine.status.state} (the corpus is not loaded yet)")
+    documents = _lookups.get(corpus)
+    if documents is None:
+        documents = _lookups.setdefault(corpus, DocumentLookup(corpus))
+    return documents
 
 
 def full_document(number: int, row: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ TOKEN_RELOADS = Counter(
 )
 REJECTION_REASONS = (
     "queue_full", "too_many_queries", "topk", "body_too_large", "body_timeout", "invalid", "unauthorized", "not_ready",
-    "header_timeout", "store_unavailable",
+    "header_timeout", "store_unavailable", "not_found",
 )  # fmt: skip
 for _reason in REJECTION_REASONS:
     REJECTIONS.labels(_reason)  # exported as 0 from the start, so rate() sees the first refusal

@@ -89,7 +89,9 @@ def skyrl_search(url: str, query: str, topk: int = 3) -> str:
     response.raise_for_status()
     blocks = []
     for retrieval in response.json()["result"]:
-        blocks.append("".join(f"Doc {i + 1}: {doc['document']['contents'].strip()}\n" for i, doc in enumerate(retrieval)))
+        blocks.append(
+            "".join(f"Doc {i + 1}: {doc['document']['contents'].strip()}\n" for i, doc in enumerate(retrieval))
+        )
     return "\n---\n".join(blocks)
 
 
@@ -120,7 +122,8 @@ def browsecomp_search(url: str, query: str) -> tuple[str, list[str]]:
     """BrowseComp-Plus's search_r1_client.search: {"query"} only; `Doc i(Title: t) text` and docids."""
     results = httpx.post(f"{url}/retrieve", json={"query": query}, timeout=30).json()["result"]
     text = "".join(
-        f"Doc {i + 1}(Title: {item['document']['title']}) {item['document']['text']}\n" for i, item in enumerate(results)
+        f"Doc {i + 1}(Title: {item['document']['title']}) {item['document']['text']}\n"
+        for i, item in enumerate(results)
     )
     return text, [item["docid"] for item in results]
 
@@ -156,7 +159,10 @@ def asearcher_query(url: str, queries: list[str], topk: int) -> list[dict[str, A
     req_meta = {"queries": queries, "topk": topk, "return_scores": False}
     response = httpx.post(f"{url}/retrieve", json=req_meta, timeout=120)
     response.raise_for_status()
-    return [{"documents": [r["contents"] for r in result], "urls": [r["url"] for r in result]} for result in response.json()["result"]]
+    return [
+        {"documents": [r["contents"] for r in result], "urls": [r["url"] for r in result]}
+        for result in response.json()["result"]
+    ]
 
 
 def asearcher_access(url: str, urls: list[str]) -> list[dict[str, Any]]:
@@ -170,7 +176,7 @@ def asearcher_access(url: str, urls: list[str]) -> list[dict[str, Any]]:
 
 
 def test_skyrl_client_reads_search_r1_answer(dialect_server: RunningServer, queries: list[tuple[str, str]]) -> None:
-    query, article = queries[0]
+    query, _ = queries[0]
     text = skyrl_search(dialect_server.url, query)
     expected = reference(dialect_server, query, 3)
     assert text.count("Doc ") == 3
@@ -193,7 +199,7 @@ def test_single_query_form_answers_one_search_r1_list(
 
 
 def test_rllm_client_reads_results(dialect_server: RunningServer, queries: list[tuple[str, str]]) -> None:
-    query, article = queries[2]
+    query, _ = queries[2]
     read = rllm_search(dialect_server.url, query, top_k=5)
     expected = reference(dialect_server, query, 5)
     assert_same_hits([(item["id"], item["score"]) for item in read], expected)
@@ -215,7 +221,7 @@ def test_rllm_stats_counts_batches(dialect_server: RunningServer) -> None:
 def test_browsecomp_client_reads_titled_documents_and_looks_them_up(
     dialect_server: RunningServer, queries: list[tuple[str, str]]
 ) -> None:
-    query, article = queries[3]
+    query, _ = queries[3]
     text, docids = browsecomp_search(dialect_server.url, query)
     expected = reference(dialect_server, query, BROWSECOMP_K)  # k fixed at launch: --browsecomp-k
     assert docids == [doc for doc, _, _ in expected]
@@ -338,7 +344,12 @@ def test_mixed_dialects_share_batches_and_keep_their_own_answers(
     # (dialect label, queries it carries, request, ids read from the answer)
     Case = tuple[str, int, Callable[[str], tuple[str, dict[str, Any]]], Callable[[Any], list[str]]]
     cases: list[Case] = [
-        ("search_r1", 1, lambda q: ("/retrieve", {"queries": [q], "topk": topk}), lambda a: [r["id"] for r in a["result"][0]]),
+        (
+            "search_r1",
+            1,
+            lambda q: ("/retrieve", {"queries": [q], "topk": topk}),
+            lambda a: [r["id"] for r in a["result"][0]],
+        ),
         (
             "single_query",
             1,

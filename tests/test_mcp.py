@@ -46,7 +46,9 @@ def expected_hits(server: RunningServer, k: int) -> list[dict[str, Any]]:
 def tool_json(result: Any) -> Any:
     """A tool's answer as the client reads it: the JSON text content."""
     assert not result.is_error, result.content
-    return json.loads(result.content[0].text) if len(result.content) == 1 else [json.loads(c.text) for c in result.content]
+    return (
+        json.loads(result.content[0].text) if len(result.content) == 1 else [json.loads(c.text) for c in result.content]
+    )
 
 
 async def exercise(session: ClientSession) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
@@ -105,10 +107,8 @@ def test_mcp_over_http_needs_the_bearer_token(auth_server: RunningServer) -> Non
 def test_mcp_tool_calls_are_counted_as_their_dialect(auth_server: RunningServer) -> None:
     def counted() -> float:
         text = httpx.get(f"{auth_server.url}/metrics", timeout=10).text
-        line = next(
-            (l for l in text.splitlines() if l.startswith('retriever_dialect_requests_total{dialect="mcp",outcome="ok"}')),
-            None,
-        )
+        prefix = 'retriever_dialect_requests_total{dialect="mcp",outcome="ok"} '
+        line = next((row for row in text.splitlines() if row.startswith(prefix)), None)
         return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
     async def run() -> None:
@@ -147,10 +147,10 @@ def test_mcp_over_stdio_forwarding_to_a_server_with_its_token(auth_server: Runni
 
 def test_mcp_stdio_forwarding_without_the_token_reports_the_refusal(auth_server: RunningServer) -> None:
     async def run() -> Any:
-        async with stdio_client(stdio_params(["--server", auth_server.url])) as (read, write):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                return await session.call_tool("search", {"query": QUERY})
+        params = stdio_params(["--server", auth_server.url])
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            return await session.call_tool("search", {"query": QUERY})
 
     result = asyncio.run(run())
     assert result.is_error and "401" in result.content[0].text
