@@ -46,6 +46,7 @@ from app.documents import DocumentLookup, doc_id, split_contents
 from app.engine import Engine, SearchResult
 from app.errors import BadRequest, NotFound, NotReady, ServingError
 from app.schemas import RetrieveRequest, RetrieveResponse, error_response, render_retrieve_response
+from app.settings import Settings
 
 DIALECTS = ("search_r1", "single_query", "rllm", "browsecomp_plus", "flashrag", "asearcher", "mcp")
 RLLM_METHOD = "dense_batched"  # what rLLM's batching server names its (dense, batched) search
@@ -176,6 +177,13 @@ ERRORS = {
 }
 
 
+def body_of(name: str) -> dict[str, Any]:
+    """`openapi_extra` for a body read as `Any` (validated in the handler): its schema by reference
+    (`document_openapi` adds the component, with this server's limits)."""
+    schema = {"$ref": f"#/components/schemas/{name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def _engine(request: Request) -> Engine:
     return request.app.state.engine
 
@@ -276,12 +284,7 @@ def choose_retrieve_dialect(body: Any) -> str:
     "/retrieve",
     response_model=RetrieveResponse | RllmRetrieveResponse | BrowseCompRetrieveResponse,
     responses=ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RetrieveAnyRequest"}}},
-        }
-    },
+    openapi_extra=body_of("RetrieveAnyRequest"),
 )
 async def retrieve(body: Annotated[Any, Body()], engine: EngineDep) -> Response:
     """Search-R1's contract (one list per query, input order, best first), and the single-query
@@ -348,7 +351,10 @@ def _flashrag_lists(found: SearchResult, query_index: int) -> tuple[list[dict[st
 
 
 @router.post(
-    "/search", response_model=list[FlashRagDocument] | tuple[list[FlashRagDocument], list[float]], responses=ERRORS
+    "/search",
+    response_model=list[FlashRagDocument] | tuple[list[FlashRagDocument], list[float]],
+    responses=ERRORS,
+    openapi_extra=body_of("FlashRagSearchRequest"),
 )
 async def flashrag_search(body: Annotated[Any, Body()], engine: EngineDep) -> Response:
     """FlashRAG's retriever serving (ReCall's `wikipedia_search`): a list of {id, contents}, or
@@ -369,6 +375,7 @@ async def flashrag_search(body: Annotated[Any, Body()], engine: EngineDep) -> Re
     "/batch_search",
     response_model=list[list[FlashRagDocument]] | tuple[list[list[FlashRagDocument]], list[list[float]]],
     responses=ERRORS,
+    openapi_extra=body_of("FlashRagBatchRequest"),
 )
 async def flashrag_batch_search(body: Annotated[Any, Body()], engine: EngineDep) -> Response:
     """FlashRAG's batch search: one list per query, or `[[documents...], [scores...]]`."""
@@ -422,7 +429,12 @@ async def find_document(engine: Engine, docid: str) -> dict[str, Any]:
     return full_document(number, documents.corpus.row(number))
 
 
-@router.post("/document", response_model=DocumentResponse, responses=ERRORS | {404: error_response("No such id")})
+@router.post(
+    "/document",
+    response_model=DocumentResponse,
+    responses=ERRORS | {404: error_response("No such id")},
+    openapi_extra=body_of("DocumentRequest"),
+)
 async def get_document(body: Annotated[Any, Body()], engine: EngineDep) -> Response:
     """BrowseComp-Plus's document lookup: {"result": {docid, title, text}}; 404 for an unknown id."""
     with counted("browsecomp_plus"):
@@ -430,7 +442,7 @@ async def get_document(body: Annotated[Any, Body()], engine: EngineDep) -> Respo
         return _json({"result": await find_document(engine, request.docid)})
 
 
-@router.post("/access", response_model=AccessResponse, responses=ERRORS)
+@router.post("/access", response_model=AccessResponse, responses=ERRORS, openapi_extra=body_of("AccessRequest"))
 async def access(body: Annotated[Any, Body()], engine: EngineDep) -> Response:
     """ASearcher's page access: the corpus row (with its `contents`) per url, null where none has it."""
     with counted("asearcher"):
@@ -472,15 +484,48 @@ async def stats(engine: EngineDep) -> JSONResponse:
 # -- OpenAPI ------------------------------------------------------------------------------------------
 
 
-def document_openapi(schema: dict[str, Any]) -> None:
-    """Add `/retrieve`'s four request shapes, each excluding the keys that route a body elsewhere."""
+_BODY_MODELS: tuple[type[BaseModel], ...] = (
+    RetrieveRequest,
+    SingleQueryRequest,
+    RllmRetrieveRequest,
+    BrowseCompRetrieveRequest,
+    FlashRagSearchRequest,
+    FlashRagBatchRequest,
+    AccessRequest,
+    DocumentRequest,
+)
+
+
+def _integer_options(field: dict[str, Any]) -> list[dict[str, Any]]:
+    return [option for option in field.get("anyOf", [field]) if option.get("type") == "integer"]
+
+
+def document_openapi(schema: dict[str, Any], settings: Settings) -> None:
+    """Add the request bodies the handlers validate themselves, with this server's limits (so a
+    generated client or a fuzzer sees the rules applied), and `/retrieve`'s four shapes, each
+    excluding the keys that route a body to another shape."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in _BODY_MODELS:
+        components.setdefault(model.__name__, model.model_json_schema(ref_template="#/components/schemas/{model}"))
+
+    def fields(model: type[BaseModel]) -> dict[str, Any]:
+        return components[model.__name__]["properties"]
+
+    for option in _integer_options(fields(SingleQueryRequest)["topk"]):
+        option.update(minimum=0, maximum=settings.max_topk)  # 0: the default, as Search-R1's topk
+    for model, names in ((RllmRetrieveRequest, ("top_k", "k")), (FlashRagSearchRequest, ("top_n",))):
+        for name in names:
+            for option in _integer_options(fields(model)[name]):
+                option.update(minimum=1, maximum=settings.max_topk)
+    for option in _integer_options(fields(FlashRagBatchRequest)["top_n"]):
+        option.update(minimum=1, maximum=settings.max_topk)
+    fields(FlashRagSearchRequest)["query"]["pattern"] = r"\S"  # FlashRAG refuses empty or blank queries
+    for model, name in ((FlashRagBatchRequest, "query"), (AccessRequest, "urls")):
+        fields(model)[name].update(minItems=1, maxItems=settings.max_queries_per_request)
+
     options = []
     for dialect, model in _RETRIEVE_SHAPES.items():
-        name = model.__name__
-        if name not in components:
-            components[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        option: dict[str, Any] = {"$ref": f"#/components/schemas/{name}"}
+        option: dict[str, Any] = {"$ref": f"#/components/schemas/{model.__name__}"}
         excluded = _RETRIEVE_EXCLUDES[dialect]
         if excluded:
             option = {"allOf": [option], "not": {"anyOf": [{"required": [key]} for key in excluded]}}
