@@ -352,7 +352,8 @@ def _flashrag_lists(found: SearchResult, query_index: int) -> tuple[list[dict[st
 
 @router.post(
     "/search",
-    response_model=list[FlashRagDocument] | tuple[list[FlashRagDocument], list[float]],
+    # [documents], or (return_score) [documents, scores]
+    response_model=list[FlashRagDocument] | list[list[FlashRagDocument] | list[float]],
     responses=ERRORS,
     openapi_extra=body_of("FlashRagSearchRequest"),
 )
@@ -373,7 +374,8 @@ async def flashrag_search(body: Annotated[Any, Body()], engine: EngineDep) -> Re
 
 @router.post(
     "/batch_search",
-    response_model=list[list[FlashRagDocument]] | tuple[list[list[FlashRagDocument]], list[list[float]]],
+    # [[documents]], or (return_score) [[[documents]], [[scores]]]
+    response_model=list[list[FlashRagDocument]] | list[list[list[FlashRagDocument]] | list[list[float]]],
     responses=ERRORS,
     openapi_extra=body_of("FlashRagBatchRequest"),
 )

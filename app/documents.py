@@ -48,7 +48,7 @@ class ColumnIndex:
 
     def find(self, value: str) -> int | None:
         """The first row whose column equals `value`, or None."""
-        if self.field == "id" and value.isdigit() and value == str(int(value)):
+        if self.field == "id" and value.isascii() and value.isdigit() and value == str(int(value)):
             row = int(value)
             if row < self.corpus.count and column_value(self.corpus.row(row), "id") == value:
                 return row

@@ -27,6 +27,7 @@ def test_numbered_ids_are_found_without_building_a_table(tmp_path: Path) -> None
     assert lookup.by_id._keys is None, "a row-numbered id must not need the id table"
     assert lookup.row_by_id("50") is None
     assert lookup.row_by_id("037") is None  # not the row's id, although it names row 37
+    assert lookup.row_by_id("\u00b3") is None  # a digit to str.isdigit, not to int()
 
 
 def test_other_ids_and_urls_go_through_the_column_table(tmp_path: Path) -> None:
