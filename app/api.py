@@ -1,4 +1,6 @@
-"""HTTP face: Search-R1's `POST /retrieve`, plus /health, /livez, /info and /metrics.
+"""HTTP face: /health, /livez, /info, /metrics and /admin/reload here; `POST /retrieve` (Search-R1's
+contract and the other trainers' shapes) and the other dialects' routes in `app.dialects`; MCP at
+/mcp (`app.mcp_server`).
 
 Handlers are module-level functions on `router`; `build_app` puts them, the guards (body limit,
 bearer tokens, CORS), the exception handlers and the metrics around one `app.engine.Engine`.
@@ -13,7 +15,6 @@ import functools
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,11 +27,11 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from app import __version__, metrics
+from app import __version__, dialects, mcp_server, metrics
 from app.engine import Engine
-from app.errors import BadRequest, BatchFailed, NotReady, Overloaded, ServingError, StoreUnavailable
+from app.errors import BadRequest, BatchFailed, NotFound, NotReady, Overloaded, ServingError, StoreUnavailable
 from app.guards import AuthMiddleware, BodyLimitMiddleware, EarlyRefusalMiddleware, TokenSource
-from app.schemas import RetrieveRequest, RetrieveResponse, error_response, render_retrieve_response
+from app.schemas import error_response
 from app.settings import Settings
 from app.supervisor_state import SUPERVISOR_PID_ENV
 
@@ -42,6 +43,7 @@ ERROR_STATUS: dict[type[ServingError], int] = {
     NotReady: 503,
     Overloaded: 503,
     BadRequest: 422,
+    NotFound: 404,
     BatchFailed: 500,
     StoreUnavailable: 503,
 }
@@ -49,7 +51,7 @@ RETRY_LATER: tuple[type[ServingError], ...] = (NotReady, Overloaded, StoreUnavai
 
 router = APIRouter()
 # POST paths that search: refused before their body is read when admission would refuse them anyway.
-SEARCH_PATHS = {"/retrieve"}
+SEARCH_PATHS = {"/retrieve", "/search", "/batch_search"}
 
 
 def get_engine(request: Request) -> Engine:
@@ -136,29 +138,6 @@ async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 # -- routes -----------------------------------------------------------------------------------
-
-
-@router.post(
-    "/retrieve",
-    response_model=RetrieveResponse,
-    responses={
-        400: error_response("Body is not UTF-8 JSON"),
-        401: error_response("Missing or wrong bearer token (when authentication is on)"),
-        408: error_response("Body not received within body_read_timeout_s"),
-        413: error_response("Body larger than max_body_bytes"),
-        415: error_response("Content-Type is not application/json"),
-        422: error_response("Invalid request or a limit exceeded"),
-        503: error_response("Not ready, or overloaded (with Retry-After)"),
-    },
-)
-async def retrieve(request: RetrieveRequest, engine: EngineDep) -> Response:
-    """Search-R1's contract: one list per query, input order, best first."""
-    found = await engine.search(request.queries, request.topk)
-    started = time.perf_counter()
-    body = render_retrieve_response(found.scores, found.ids, found.row_bytes, request.return_scores)
-    metrics.STAGE_SECONDS.labels("fetch").observe(time.perf_counter() - started)
-    metrics.QUERIES.inc(len(request.queries))
-    return Response(content=body, media_type="application/json")
 
 
 @router.get("/health")
@@ -256,6 +235,7 @@ def _openapi_with_limits(app: FastAPI) -> dict[str, Any]:
     on, the bearer scheme (Swagger UI's Authorize button; the open paths need none)."""
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
+        dialects.document_openapi(schema, app.state.engine.settings)
         app.state.engine.limits.apply_to_openapi(schema)
         open_paths = getattr(app.state, "open_paths", None)
         if open_paths is not None:
@@ -317,7 +297,9 @@ def build_app(engine: Engine | Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.engine = engine
+    app.include_router(dialects.router)  # POST /retrieve (every dialect's shape), /search, /access, ...
     app.include_router(router)
+    mcp_server.install_http(app)  # POST /mcp
     _add_docs(app)
 
     Instrumentator(

@@ -50,6 +50,12 @@ class BadRequest(ServingError):
     reason = "invalid"
 
 
+class NotFound(ServingError):
+    """A document looked up by id (or url) that the corpus does not hold; names the field."""
+
+    reason = "not_found"
+
+
 class BatchFailed(ServingError):
     """The batch holding this request failed; only its own requests see this."""
 
