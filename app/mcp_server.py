@@ -27,7 +27,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from app import __version__, metrics
-from app.errors import NotFound, ServingError
+from app.errors import NotFound, RetrieverError, ServingError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,9 @@ async def _answer(call: Any) -> Any:
     except ServingError as exc:
         metrics.DIALECT_REQUESTS.labels("mcp", exc.reason or "failed").inc()
         raise ToolError(exc.detail) from None
+    except RetrieverError as exc:  # e.g. `retriever mcp` could not load its index: say why
+        metrics.DIALECT_REQUESTS.labels("mcp", "failed").inc()
+        raise ToolError(str(exc)) from None
     except ToolError:
         metrics.DIALECT_REQUESTS.labels("mcp", "failed").inc()
         raise
