@@ -30,9 +30,9 @@ import asyncio
 import json
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,14 +41,15 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from pydantic_core import PydanticCustomError
 
 from app import metrics
-from app.corpus import CorpusStore
+from app.corpus import CorpusReadError, CorpusStore
 from app.documents import DocumentLookup, doc_id, split_contents
 from app.engine import Engine, SearchResult
-from app.errors import BadRequest, NotFound, NotReady, ServingError
+from app.errors import BadRequest, NotFound, NotReady, ServingError, StoreUnavailable
 from app.schemas import RetrieveRequest, RetrieveResponse, error_response, render_retrieve_response
 from app.settings import Settings
 
 DIALECTS = ("search_r1", "single_query", "rllm", "browsecomp_plus", "flashrag", "asearcher", "mcp")
+T = TypeVar("T")
 RLLM_METHOD = "dense_batched"  # what rLLM's batching server names its (dense, batched) search
 
 
@@ -425,10 +426,23 @@ async def find_document(engine: Engine, docid: str) -> dict[str, Any]:
     """The document with this id, or NotFound naming it (a first lookup by a non-numeric id builds the
     id table: run off the event loop)."""
     documents = lookup(engine)
-    number = await asyncio.get_running_loop().run_in_executor(None, documents.row_by_id, docid)
-    if number is None:
+
+    def find() -> dict[str, Any] | None:
+        number = documents.row_by_id(docid)
+        return None if number is None else full_document(number, documents.corpus.row(number))
+
+    document = await _read_store(find)
+    if document is None:
         raise NotFound(f"docid: no document with id {docid[:200]!r}")
-    return full_document(number, documents.corpus.row(number))
+    return document
+
+
+async def _read_store(read: Callable[[], T]) -> T:
+    """Run a corpus read off the event loop; a store that cannot be read now is a 503 (retry)."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, read)
+    except CorpusReadError as exc:
+        raise StoreUnavailable(str(exc)) from None
 
 
 @router.post(
@@ -456,7 +470,7 @@ async def access(body: Annotated[Any, Body()], engine: EngineDep) -> Response:
             found = [documents.row_by_url(url) for url in urls]
             return [documents.corpus.row_bytes(row) if row is not None else None for row in found]
 
-        pages = await asyncio.get_running_loop().run_in_executor(None, rows)
+        pages = await _read_store(rows)
         content = b'{"result":[' + b",".join(page if page is not None else b"null" for page in pages) + b"]}"
         return Response(content=content, media_type="application/json")
 
