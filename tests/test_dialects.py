@@ -334,45 +334,63 @@ def _sample(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
+# Distinct texts per request: the engine computes identical queries once (joined in flight), and
+# this test is about different requests sharing one batch.
+VARIANTS: tuple[Callable[[str], str], ...] = (
+    lambda q: q,
+    lambda q: q.lower(),
+    lambda q: q.upper(),
+    lambda q: f"about {q}",
+    lambda q: f"{q}?",
+    lambda q: f"{q}.",
+    lambda q: f"the {q}",
+)
+
+
 def test_mixed_dialects_share_batches_and_keep_their_own_answers(
     dialect_server: RunningServer, queries: list[tuple[str, str]]
 ) -> None:
     url = dialect_server.url
     topk = BROWSECOMP_K  # every request below asks for the same count, so answers compare directly
-    expected = {query: [doc for doc, _, _ in reference(dialect_server, query, topk)] for query, _ in queries}
+    texts = [variant(query) for query, _ in queries for variant in VARIANTS]
+    assert len(set(texts)) == len(texts)
+    answer = httpx.post(f"{url}/retrieve", json={"queries": texts, "topk": topk}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    expected = {text: [row["id"] for row in rows] for text, rows in zip(texts, answer.json()["result"], strict=True)}
 
-    # (dialect label, queries it carries, request, ids read from the answer)
-    Case = tuple[str, int, Callable[[str], tuple[str, dict[str, Any]]], Callable[[Any], list[str]]]
+    # (dialect label, request for its texts, ids read from the answer: one list per text)
+    Case = tuple[str, Callable[[list[str]], tuple[str, dict[str, Any]]], Callable[[Any], list[list[str]]]]
     cases: list[Case] = [
         (
             "search_r1",
-            1,
-            lambda q: ("/retrieve", {"queries": [q], "topk": topk}),
-            lambda a: [r["id"] for r in a["result"][0]],
+            lambda t: ("/retrieve", {"queries": t, "topk": topk}),
+            lambda a: [[r["id"] for r in a["result"][0]]],
         ),
         (
             "single_query",
-            1,
-            lambda q: ("/retrieve", {"query": q, "topk": topk, "return_scores": True}),
-            lambda a: [r["document"]["id"] for r in a["result"][0]],
+            lambda t: ("/retrieve", {"query": t[0], "topk": topk, "return_scores": True}),
+            lambda a: [[r["document"]["id"] for r in a["result"][0]]],
         ),
-        ("rllm", 1, lambda q: ("/retrieve", {"query": q, "top_k": topk}), lambda a: [r["id"] for r in a["results"]]),
-        ("browsecomp_plus", 1, lambda q: ("/retrieve", {"query": q}), lambda a: [r["docid"] for r in a["result"]]),
-        ("flashrag", 1, lambda q: ("/search", {"query": q, "top_n": topk}), lambda a: [d["id"] for d in a]),
+        ("rllm", lambda t: ("/retrieve", {"query": t[0], "top_k": topk}), lambda a: [[r["id"] for r in a["results"]]]),
+        ("browsecomp_plus", lambda t: ("/retrieve", {"query": t[0]}), lambda a: [[r["docid"] for r in a["result"]]]),
+        ("flashrag", lambda t: ("/search", {"query": t[0], "top_n": topk}), lambda a: [[d["id"] for d in a]]),
         (
             "flashrag",
-            2,
-            lambda q: ("/batch_search", {"query": [q, q], "top_n": topk, "return_score": True}),
-            lambda a: [d["id"] for d in a[0][1]],
+            lambda t: ("/batch_search", {"query": t, "top_n": topk, "return_score": True}),
+            lambda a: [[d["id"] for d in docs] for docs in a[0]],
         ),
     ]
-    plan = [(case, query) for query, _ in queries for case in cases]
+    # Each query's variants are dealt out: one text per request, two for the batch search.
+    plan: list[tuple[Case, list[str]]] = []
+    for index in range(len(queries)):
+        own = texts[index * len(VARIANTS) : (index + 1) * len(VARIANTS)]
+        plan += [(case, [own[i]]) for i, case in enumerate(cases[:-1])] + [(cases[-1], own[5:7])]
 
     async def fire() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as client:
             requests = []
-            for (_, _, make, _), query in plan:
-                path, body = make(query)
+            for (_, make, _), sent in plan:
+                path, body = make(sent)
                 requests.append(client.post(f"{url}{path}", json=body))
             return await asyncio.gather(*requests)
 
@@ -380,18 +398,18 @@ def test_mixed_dialects_share_batches_and_keep_their_own_answers(
     responses = asyncio.run(fire())
     after = _metrics(dialect_server)
 
-    for ((dialect, _, _, read), query), response in zip(plan, responses, strict=True):
+    for ((dialect, _, read), sent), response in zip(plan, responses, strict=True):
         assert response.status_code == 200, f"{dialect}: {response.text}"
-        assert read(response.json()) == expected[query], f"{dialect} got another request's answer for {query!r}"
+        assert read(response.json()) == [expected[text] for text in sent], f"{dialect} got another answer for {sent}"
 
     batches = _sample(after, "retriever_batch_size_count") - _sample(before, "retriever_batch_size_count")
     searched = _sample(after, "retriever_batch_size_sum") - _sample(before, "retriever_batch_size_sum")
-    assert searched == sum(count for (_, count, _, _), _ in plan)
+    assert searched == len(texts), f"{searched:.0f} queries computed for {len(texts)} distinct texts"
     assert 0 < batches < len(plan) / 3, f"{batches:.0f} batches for {len(plan)} requests: not coalesced"
     # Each dialect is counted under its own label.
     for dialect in ("search_r1", "single_query", "rllm", "browsecomp_plus", "flashrag"):
         labels = f'{{dialect="{dialect}",outcome="ok"}}'
-        sent = sum(1 for (name, _, _, _), _ in plan if name == dialect)
+        sent_count = sum(1 for (name, _, _), _ in plan if name == dialect)
         counted = _sample(after, "retriever_dialect_requests_total", labels)
         counted -= _sample(before, "retriever_dialect_requests_total", labels)
-        assert counted == sent, f"{dialect}: {counted} counted, {sent} sent"
+        assert counted == sent_count, f"{dialect}: {counted} counted, {sent_count} sent"
