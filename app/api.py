@@ -172,7 +172,18 @@ class ReloadRequest(BaseModel):
     )
 
 
-@router.post("/admin/reload", status_code=202, responses={409: error_response("a reload is already running")})
+@router.post(
+    "/admin/reload",
+    status_code=202,
+    responses={
+        400: error_response("Body is not UTF-8 JSON"),
+        401: error_response("Missing or wrong bearer token (when authentication is on)"),
+        409: error_response("A reload is already running"),
+        413: error_response("Body larger than max_body_bytes"),
+        415: error_response("Content-Type is not application/json"),
+        422: error_response("Invalid request (the detail names the field)"),
+    },
+)
 async def admin_reload(engine: EngineDep, request: ReloadRequest | None = None) -> JSONResponse:
     """Hot swap: load an index directory in the background and serve it once it passes its self-test
     (in-flight batches finish on the old one). With `--workers N`, every worker reloads (the
