@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from app.demo import ensure_demo_index
 from app.devices import DeviceError, resolve_device
 from app.encoder import SentenceTransformerEncoder
 from app.errors import LoadError
+from app.importer import resolve_manifest_model
 from app.index import FaissIndex
 from app.index_torch import TorchFlatIndex, placement
 from app.lanes import Helpers
@@ -179,6 +181,8 @@ def load(settings: Settings, status: Status) -> Retriever:
         resolve_device(settings.index_device, "--index-device")
     except DeviceError as exc:
         raise LoadError(str(exc)) from None
+    if manifest is not None:  # a model copied into the index directory (`retriever import`) loads from there
+        manifest = dataclasses.replace(manifest, model=resolve_manifest_model(manifest, sources.index_path.parent))
     encoder_spec = resolve_encoder(settings, manifest)
     status.set_stage(f"loading model {encoder_spec.model or 'bundled demo model'}")
     encoder = open_encoder(encoder_spec)
