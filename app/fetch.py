@@ -126,7 +126,7 @@ def _download_once(item: Download, partial: Path, options: FetchOptions, client:
             received = have
             try:
                 with open(partial, mode) as out:
-                    for block in response.iter_bytes(CHUNK):
+                    for block in response.iter_raw():  # as received: a cut keeps what came
                         out.write(block)
                         if item.sha256:
                             digest.update(block)
