@@ -152,6 +152,13 @@ def _preflight(settings: Settings) -> None:
         raise _fail(f"{settings.index_path}: index file not found")
     if settings.corpus_path is not None and not settings.corpus_path.is_file():
         raise _fail(f"{settings.corpus_path}: corpus file not found")
+    if settings.corpus_path is not None and settings.corpus_path.is_file():
+        from app.store_rules import StoreSpaceError, choose_store
+
+        try:  # a store that cannot fit fails here, before the port opens, not after minutes of work
+            choose_store(settings.corpus_path, settings.data_dir, settings.cache_size_limit_bytes)
+        except StoreSpaceError as exc:
+            raise _fail(str(exc)) from None
     if settings.index_dir is not None and settings.index_path is None:
         Manifest.read(settings.index_dir).check_files(settings.index_dir, checksums=False)
     load_tokens(settings)

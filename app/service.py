@@ -112,7 +112,11 @@ def resolve_sources(settings: Settings, status: Status) -> Sources:
         if not settings.index_path.is_file():
             raise LoadError(f"{settings.index_path}: index file not found")
         corpus_dir = ensure_corpus_store(
-            settings.corpus_path, settings.data_dir, on_stage=status.set_stage, on_progress=status.set_progress
+            settings.corpus_path,
+            settings.data_dir,
+            on_stage=status.set_stage,
+            on_progress=status.set_progress,
+            cache_size_limit_bytes=settings.cache_size_limit_bytes,
         )
         return Sources(settings.index_path, corpus_dir, None)
     index_dir = settings.index_dir

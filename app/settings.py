@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     index_path: Path | None = Field(None, description="A bare FAISS index file (Search-R1's e5_Flat.index).")
     corpus_path: Path | None = Field(None, description="Passages .jsonl matching --index-path row by row.")
     data_dir: Path = Field(Path(".cache"), description="Demo index and converted corpora are cached here.")
+    cache_size_limit_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Size limit of --data-dir (the chart's cacheSizeLimit): a corpus store that "
+        "would not fit fails startup at once instead of getting the pod evicted.",
+    )
     demo_limit: int | None = Field(None, ge=1, description="Build the demo from only the first N articles.")
 
     # -- encoder
