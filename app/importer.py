@@ -291,9 +291,10 @@ def _load_encoder(model: str, max_length: int) -> Any:
     return SentenceTransformerEncoder(EncoderConfig(model=resolve_model(model), max_length=max_length or None))
 
 
-def resolve_manifest_model(manifest: Manifest, directory: Path) -> str:
-    """The model to load for an index directory: a copy inside it, else the path or name recorded."""
-    if manifest.model.startswith(IN_INDEX_PREFIX):
+def resolve_manifest_model(manifest: Manifest, directory: Path) -> str | None:
+    """The model to load for an index directory: a copy inside it, else the path or name recorded
+    (None: the bundled demo model)."""
+    if manifest.model and manifest.model.startswith(IN_INDEX_PREFIX):
         return str(directory / manifest.model[len(IN_INDEX_PREFIX) :])
     return manifest.model
 

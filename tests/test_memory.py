@@ -26,6 +26,7 @@ from app.demo import labelled_queries
 from app.index import FaissIndex, _file_is_mapped
 from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, record_files
 from app.procstat import file_mappings, maps_file, process_tree
+from app.warmup import evict
 from tests.helpers import DEMO_LIMIT, ROOT, run_cli, run_server
 
 GIB = 1024**3
@@ -229,6 +230,8 @@ def test_warm_up_progress_is_what_health_shows(
     status = service.Status(state=state, stage="serving" if state == "ready" else "self-test query")
     recorder = Recorder(status)
     monkeypatch.setattr(service.metrics, "WARMUP_PROGRESS", recorder)
+    for path in [directory / INDEX_FILE, *retriever.corpus.files()]:  # cold: resident pages are not read again
+        evict(path)
     service.warm_up(retriever, status, step=16 * PAGE)  # type: ignore[arg-type]
 
     values = [snap["warmup"]["progress"] for snap in recorder.snapshots]
