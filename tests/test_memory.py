@@ -185,7 +185,8 @@ def test_ready_after_warmup_waits_for_it(demo_index: Path, tmp_path: Path) -> No
         assert ready["warmup"] == {"state": "done", "progress": 1.0}
         for code, body in before:  # not ready until the warm-up is over, and the body says why
             assert code == 503 and body["status"] == "loading"
-            assert body["warmup"]["state"] in ("off", "running")
+            # after the warm-up, one query over the whole index still comes before ready
+            assert body["warmup"]["state"] in ("off", "running") or body["stage"] == "one query over the whole index"
         status, info = get_json(f"{server.url}/info")
         assert status == 200 and info["warmup"] == {"state": "done", "progress": 1.0}
 
