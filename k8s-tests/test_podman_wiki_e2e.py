@@ -38,18 +38,19 @@ RELEASE = "retriever-wiki-e2e"
 VALUES = REPO / "k8s-tests" / "wiki18-scaled-values.yaml"
 DEMO_ROWS = 300  # tests/helpers.DEMO_LIMIT: the demo index the test suite builds in .cache/
 READY_TIMEOUT_S = 600
+LOCK_WAIT_S = 1800  # other engineers' podman runs hold /tmp/podman.lock for minutes
 
-pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 600)
+pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 600 + 2 * LOCK_WAIT_S)
 
 
 def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.setdefault("CONTAINERS_CONF", str(REPO / "docker" / "containers.conf"))
-    proc = subprocess.run(
-        ["flock", "/tmp/podman.lock", "podman", *args],
+    proc = subprocess.run(  # podman is shared: wait for the lock apart from the command's own time
+        ["flock", "-w", str(LOCK_WAIT_S), "/tmp/podman.lock", "podman", *args],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=timeout + LOCK_WAIT_S,
         env=env,
         cwd=REPO,
     )
