@@ -413,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_option_flags(build, BuildOptions)
     build.set_defaults(func=cmd_build)
 
+    _add_import_parser(commands)
+
     verify = command("verify", "check an index directory: checksums, counts, a query")
     verify.add_argument("index_dir", help="index directory made by `retriever build`")
     verify.add_argument("--data-dir", default=".cache", help="cache directory for converted corpora")

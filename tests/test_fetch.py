@@ -140,7 +140,7 @@ def test_wrong_checksum_fails_and_deletes_the_download(
     out = tmp_path / "wiki"
     wrong = ["0" * 64, _sha(artifacts["ab"])]
     proc = _fetch(file_server, out, "--model", str(artifacts["model"]), index_sha=wrong)
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.returncode == 3, proc.stderr[-2000:]
     assert "part_aa: sha256" in proc.stderr and "does not match the expected" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
     assert not list((tmp_path / ".wiki.downloads").glob("part_aa*"))
@@ -159,9 +159,9 @@ def test_missing_url_is_a_clear_error(file_server: FileServer, artifacts: dict[s
         str(tmp_path / "wiki"),
         "--no-progress",
     )
-    assert proc.returncode == 2 and "part_zz: HTTP 404; check the URL" in proc.stderr, proc.stderr[-1000:]
+    assert proc.returncode == 3 and "part_zz: HTTP 404; check the URL" in proc.stderr, proc.stderr[-1000:]
 
 
 def test_checksum_count_must_match_urls(file_server: FileServer, tmp_path: Path) -> None:
     proc = _fetch(file_server, tmp_path / "w", "--model", "x", index_sha=["0" * 64])
-    assert proc.returncode == 2 and "1 checksum(s) for 2 URL(s)" in proc.stderr, proc.stderr[-1000:]
+    assert proc.returncode == 3 and "1 checksum(s) for 2 URL(s)" in proc.stderr, proc.stderr[-1000:]

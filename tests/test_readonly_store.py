@@ -100,7 +100,7 @@ def test_read_only_source_and_too_small_cache_fails_at_once(
     process.wait(timeout=120)
     elapsed = time.monotonic() - started
     log = log_path.read_text()
-    assert process.returncode == 2, log[-2000:]
+    assert process.returncode == 3, log[-2000:]
     assert "directory is read-only and no valid store is beside it" in log
     assert "needs about" in log and "Raise the chart's `cacheSizeLimit`" in log and "RETRIEVER_DATA_DIR" in log
     assert "Traceback" not in log and "loading model" not in log, "it must fail before any loading"
