@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHART, container, env_of, helm, mount, render, render_error, tool_path, volume
+from chart_helpers import CHART, container, env_of, helm, mount, render, render_error, tool_path, volume
 
 from app.plan import GIB, PER_WORKER_OVERHEAD_GIB, _gib
 

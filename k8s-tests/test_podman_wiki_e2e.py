@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import REPO, container, env_of, render
+from chart_helpers import REPO, container, env_of, render
 
 IMAGE = os.environ.get("RETRIEVER_E2E_IMAGE", "localhost/retriever:wiki")
 RELEASE = "retriever-wiki-e2e"
