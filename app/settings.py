@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     index_path: Path | None = Field(None, description="A bare FAISS index file (Search-R1's e5_Flat.index).")
     corpus_path: Path | None = Field(None, description="Passages .jsonl matching --index-path row by row.")
     data_dir: Path = Field(Path(".cache"), description="Demo index and converted corpora are cached here.")
+    cache_size_limit_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Size limit of --data-dir (the chart's cacheSizeLimit): a corpus store that "
+        "would not fit fails startup at once instead of getting the pod evicted.",
+    )
     demo_limit: int | None = Field(None, ge=1, description="Build the demo from only the first N articles.")
 
     # -- encoder
@@ -37,8 +43,12 @@ class Settings(BaseSettings):
     mmap: bool = Field(True, description="Memory-map the index and corpus so workers share one copy.")
     nprobe: int | None = Field(None, ge=1, description="IVF lists probed per query.")
     ef_search: int | None = Field(None, ge=1, description="HNSW efSearch.")
-    warmup: bool = Field(False, description="Pre-fault mapped pages in the background after loading.")
-    ready_before_warmup: bool = Field(True, description="Report ready while warm-up still runs.")
+    warmup: bool = Field(
+        True, description="Read the mapped index and corpus into the page cache (skipped when already resident)."
+    )
+    ready_before_warmup: bool = Field(
+        False, description="Report ready while warm-up still runs (off: ready means a full-index query is fast)."
+    )
     verify_checksums: bool = Field(False, description="Check sha256 of every file against the manifest.")
 
     # -- request limits
