@@ -104,7 +104,8 @@ def test_the_mapped_index_is_counted_in_file_pages_not_anonymous(mapped_stack: M
     workers = mapped_stack.workers()
     assert len(workers) == WORKERS, f"workers mapping {index_file}: {workers}"
     # warmed before ready: the whole file is resident, its pages shared by the workers (PSS sums to it)
-    index_pss = sum(procstat.file_mappings(pid, {str(index_file)}).get(str(index_file), {}).get("Pss", 0) for pid in workers)
+    mapped = [procstat.file_mappings(pid, {str(index_file)}).get(str(index_file), {}) for pid in workers]
+    index_pss = sum(mapping.get("Pss", 0) for mapping in mapped)
     size = index_file.stat().st_size
     file_mapped = mapped_stack.value(FILE_MAPPED)
     print(f"\nindex {size} B, its mapped PSS {index_pss} B, file-mapped gauge sum {file_mapped / 1e6:.1f} MB")
