@@ -64,7 +64,6 @@ def test_the_file_is_not_looked_at_more_often_than_the_interval(tmp_path: Path) 
     assert source.current() == [b"one"]
 
 
-
 def test_the_reload_counter_is_exported_before_any_reload() -> None:
     """The dashboard's token-reload rate needs the series at 0 before the first re-read (as index swaps).
     A fresh process: the other tests here re-read files, which would create the series anyway."""
