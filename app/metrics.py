@@ -62,6 +62,8 @@ for _outcome in ("ok", "failed"):
 TOKEN_RELOADS = Counter(
     "retriever_auth_token_reloads_total", "Re-reads of a changed auth tokens file, by outcome.", ["outcome"]
 )
+for _outcome in ("ok", "failed"):  # exported at 0 before the first re-read, so rate() has data
+    TOKEN_RELOADS.labels(_outcome)
 REJECTION_REASONS = (
     "queue_full", "too_many_queries", "topk", "body_too_large", "body_timeout", "invalid", "unauthorized", "not_ready",
     "header_timeout", "store_unavailable", "not_found",
