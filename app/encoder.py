@@ -84,6 +84,8 @@ class SentenceTransformerEncoder:
 
     Implements `app.backends.Encoder`."""
 
+    stage = "encode"  # its label in retriever_stage_duration_seconds
+
     def __init__(self, config: EncoderConfig) -> None:
         if not config.allow_download:
             # Never fetch weights at run time unless asked: a pod must not depend on a hub.
