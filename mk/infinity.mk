@@ -38,7 +38,7 @@ INFINITY_WHEELS := docker/infinity/wheels
 # The index-only retriever image (Dockerfile --target index-only): no torch, no sentence-transformers.
 INDEX_ONLY_IMAGE ?= $(IMAGE)-indexonly
 
-.PHONY: image-infinity image-index-only
+.PHONY: image-infinity image-index-only podman-e2e-encoder
 
 $(INFINITY_WHEELS)/.stamp: $(INFINITY_CONSTRAINTS) mk/infinity.mk | install
 	rm -rf $(INFINITY_WHEELS) && mkdir -p $(INFINITY_WHEELS)
@@ -60,3 +60,11 @@ image-infinity: base-image $(INFINITY_WHEELS)/.stamp ## build $(INFINITY_IMAGE):
 
 image-index-only: ## build $(INDEX_ONLY_IMAGE): the retriever without torch (Dockerfile --target index-only)
 	$(MAKE) image IMAGE=$(INDEX_ONLY_IMAGE) IMAGE_TARGET=index-only
+
+# The pair under podman: the chart with encoder.enabled, the index-only image + the infinity image
+# (k8s-tests/test_podman_encoder_pair.py). Part of `make test`.
+podman-e2e-encoder: image-index-only image-infinity $(HELM) install ## chart pair under podman: index-only image + infinity encoder, encoder restart
+	RETRIEVER_E2E_INDEX_ONLY_IMAGE=$(INDEX_ONLY_IMAGE) RETRIEVER_E2E_ENCODER_IMAGE=$(INFINITY_IMAGE) HELM=$(HELM) \
+		$(VENV)/bin/pytest -q -p no:cacheprovider k8s-tests/test_podman_encoder_pair.py
+
+TEST_TARGETS += podman-e2e-encoder
