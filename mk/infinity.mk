@@ -16,7 +16,7 @@ ENCODER_BENCH_ARGS ?=
 
 .PHONY: infinity-venv bench-encoder-service
 
-$(INFINITY_VENV)/.installed: $(INFINITY_CONSTRAINTS) mk/infinity.mk
+$(INFINITY_VENV)/.installed: $(INFINITY_CONSTRAINTS)
 	rm -rf $(INFINITY_VENV)
 	$(PYTHON) -m venv $(INFINITY_VENV)
 	$(INFINITY_VENV)/bin/pip install -q --upgrade pip
@@ -40,7 +40,7 @@ INDEX_ONLY_IMAGE ?= $(IMAGE)-indexonly
 
 .PHONY: image-infinity image-index-only podman-e2e-encoder
 
-$(INFINITY_WHEELS)/.stamp: $(INFINITY_CONSTRAINTS) mk/infinity.mk | install
+$(INFINITY_WHEELS)/.stamp: $(INFINITY_CONSTRAINTS) | install
 	rm -rf $(INFINITY_WHEELS) && mkdir -p $(INFINITY_WHEELS)
 	set -o pipefail; $(PIP) download -q --disable-pip-version-check -d $(INFINITY_WHEELS) $(WHEEL_TARGET) \
 		-c $(INFINITY_CONSTRAINTS) torch==$(TORCH_VERSION) 'infinity-emb[server,torch]==$(INFINITY_VERSION)' \
