@@ -127,6 +127,7 @@ def _hop(engine_url: str, queries: list[str]) -> list[dict[str, Any]]:
 
 def _markdown(report: dict[str, Any]) -> str:
     local, remote = report["serving"]["in_process"], report["serving"]["remote"]
+    load = " ".join(f"{x:.1f}" for x in report["machine"].get("loadavg_start", []))
     lines = [
         "# Remote encoder (infinity) vs in-process",
         "",
@@ -146,9 +147,10 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Throughput ratio remote / in-process: **{report['serving']['ratio_qps']:.2f}**; CPU per query ratio: "
-        f"**{report['serving']['ratio_cpu']:.2f}**. Both paths share the same cores here, so this is the cost "
-        "of the split in work (HTTP, JSON, a second server and its batching), not the gain of a deployment "
-        "where the encoder has its own node or GPU.",
+        f"**{report['serving']['ratio_cpu']:.2f}** (load average {load} "
+        "at the start). Both paths share the same cores here, so the ratio compares the work of the two "
+        "paths on one machine (the model in the server vs infinity's engine + the HTTP hop + a second server), "
+        "not what a deployment gets whose encoder has a node or GPU of its own.",
         "",
         "## The HTTP hop per batch (one batch at a time, medians)",
         "",
