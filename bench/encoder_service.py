@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from app.loadgen import run, run_load
+
 from bench.common import RESULTS, ROOT, TOPK, bench_queries, machine
 from tests.helpers import DEMO_LIMIT, run_server
 from tests.infinity_engine import infinity_engine
