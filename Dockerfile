@@ -22,7 +22,8 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS requirements
 COPY pyproject.toml docker/pyproject_requirements.py /tmp/
 RUN python3 /tmp/pyproject_requirements.py /tmp/pyproject.toml demo > /tmp/requirements.txt \
- && python3 /tmp/pyproject_requirements.py --without sentence-transformers /tmp/pyproject.toml > /tmp/requirements-index-only.txt
+ && python3 /tmp/pyproject_requirements.py --without sentence-transformers --without onnxruntime --without onnx \
+      /tmp/pyproject.toml > /tmp/requirements-index-only.txt
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS deps
@@ -94,7 +95,7 @@ RUN retriever demo-corpus /tmp/demo.jsonl --limit "${DEMO_LIMIT}" \
  && rm -rf /tmp/demo.jsonl /tmp/verify
 
 # ---------------------------------------------------------------------------------------------------
-# Index-only dependencies (`--target index-only`): no torch, no sentence-transformers, no model, for
+# Index-only dependencies (`--target index-only`): no torch, sentence-transformers, ONNX Runtime or model, for
 # pods whose queries are embedded by a separate encoder service (--encoder-url / RETRIEVER_ENCODER_URL).
 FROM ${BASE_IMAGE} AS deps-index-only
 ARG PIP_INDEX_URL=https://pypi.org/simple

@@ -187,6 +187,12 @@ def load(settings: Settings, status: Status) -> Retriever:
     if settings.encoder_url:  # the model runs in an encoder service; no torch here
         from app.encoder_remote import remote_encoder_from
 
+        if encoder_spec.runtime != "torch":
+            raise LoadError(
+                f"--encoder-url and --encoder-runtime {encoder_spec.runtime} exclude each other: the encoder "
+                "service runs the model (drop one of them)"
+            )
+
         encoder = remote_encoder_from(settings, encoder_spec, status.set_stage)
     else:
         status.set_stage(f"loading model {encoder_spec.model or 'bundled demo model'}")
