@@ -28,8 +28,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__, dialects, mcp_server, metrics
+from app.encoder_remote import encoder_outage
 from app.engine import Engine
-from app.errors import BadRequest, BatchFailed, NotFound, NotReady, Overloaded, ServingError, StoreUnavailable
+from app.errors import (
+    BadRequest,
+    BatchFailed,
+    EncoderUnavailable,
+    NotFound,
+    NotReady,
+    Overloaded,
+    ServingError,
+    StoreUnavailable,
+)
 from app.guards import AuthMiddleware, BodyLimitMiddleware, EarlyRefusalMiddleware, TokenSource
 from app.schemas import error_response
 from app.settings import Settings
@@ -40,6 +50,7 @@ log = logging.getLogger(__name__)
 # Domain error -> HTTP status. Overloaded answers with `overload_status` (503 or 429) instead;
 # those in RETRY_LATER carry Retry-After: retry_after_s.
 ERROR_STATUS: dict[type[ServingError], int] = {
+    EncoderUnavailable: 503,  # before BatchFailed, its base: the first match wins
     NotReady: 503,
     Overloaded: 503,
     BadRequest: 422,
@@ -47,7 +58,7 @@ ERROR_STATUS: dict[type[ServingError], int] = {
     BatchFailed: 500,
     StoreUnavailable: 503,
 }
-RETRY_LATER: tuple[type[ServingError], ...] = (NotReady, Overloaded, StoreUnavailable)
+RETRY_LATER: tuple[type[ServingError], ...] = (NotReady, Overloaded, StoreUnavailable, EncoderUnavailable)
 
 router = APIRouter()
 # POST paths that search: refused before their body is read when admission would refuse them anyway.
@@ -149,6 +160,8 @@ async def health(engine: EngineDep) -> JSONResponse:
     body = status.as_dict() | {"status": shown, "index_version": engine.serving_version}
     if engine.last_reload is not None:
         body["reload"] = engine.last_reload
+    if ready and engine.retriever is not None and (outage := encoder_outage(engine.retriever.encoder, engine.settings)):
+        ready, body["status"], body["message"] = False, "encoder_unavailable", outage
     return JSONResponse(body, 200 if ready else 503)
 
 

@@ -64,3 +64,7 @@ class StoreUnavailable(ServingError):
     """The corpus store cannot be read right now (the file shrank or went away): retry later."""
 
     reason = "store_unavailable"
+
+
+class EncoderUnavailable(BatchFailed):
+    """The remote encoder service (--encoder-url) gave no embeddings for this batch: retry later."""

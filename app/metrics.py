@@ -35,7 +35,7 @@ INFLIGHT = Gauge(
 )
 STAGE_SECONDS = Histogram(
     "retriever_stage_duration_seconds",
-    "Time per stage: queue_wait and fetch per request, encode and search per batch.",
+    "Time per stage: queue_wait and fetch per request; encode (or encode_remote) and search per batch.",
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
@@ -77,6 +77,14 @@ DIALECT_REQUESTS = Counter(
 )
 for _dialect in ("search_r1", "single_query", "rllm", "browsecomp_plus", "flashrag", "asearcher", "mcp"):
     DIALECT_REQUESTS.labels(_dialect, "ok")  # exported as 0 from the start, as the rejections are
+ENCODER_ERRORS = Counter(
+    "retriever_encoder_errors_total",
+    "Failed calls to the remote encoder service (--encoder-url), per try, by reason.",
+    ["reason"],
+)
+ENCODER_ERROR_REASONS = ("timeout", "connect", "http_5xx", "http_429", "http_4xx", "invalid_response")
+for _reason in ENCODER_ERROR_REASONS:
+    ENCODER_ERRORS.labels(_reason)
 INDEX_VECTORS = Gauge("retriever_index_vectors", "Vectors in the index.", multiprocess_mode="max")
 INDEX_BYTES = Gauge("retriever_index_bytes", "Size of the index file.", multiprocess_mode="max")
 CORPUS_BYTES = Gauge("retriever_corpus_bytes", "Size of the corpus store.", multiprocess_mode="max")

@@ -98,7 +98,11 @@ class Retriever:
         """Encode and search one batch; in a batching lane both stages share it with `helpers`.
         Pipelined: returns the Future of the search, queued on the index's owner thread."""
         started = time.perf_counter()
-        vectors = self.encoder.encode(queries, helpers)
+        try:
+            vectors = self.encoder.encode(queries, helpers)
+        finally:  # a remote encoder has a stage label of its own (encode_remote)
+            stage = getattr(self.encoder, "stage", "encode")
+            metrics.STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
         encoded = time.perf_counter()
         if self.pipeline:
             metrics.STAGE_SECONDS.labels("encode").observe(encoded - started)
@@ -108,7 +112,6 @@ class Retriever:
             )
             return pending
         scores, ids = self.index.search(vectors, topk, helpers)
-        metrics.STAGE_SECONDS.labels("encode").observe(encoded - started)
         metrics.STAGE_SECONDS.labels("search").observe(time.perf_counter() - encoded)
         return scores, ids
 
@@ -196,14 +199,28 @@ def load(settings: Settings, status: Status) -> Retriever:
     if manifest is not None:  # a model copied into the index directory (`retriever import`) loads from there
         manifest = dataclasses.replace(manifest, model=resolve_manifest_model(manifest, sources.index_path.parent))
     encoder_spec = resolve_encoder(settings, manifest)
-    status.set_stage(f"loading model {encoder_spec.model or 'bundled demo model'}")
-    encoder = open_encoder(encoder_spec)
+    encoder: Encoder
+    if settings.encoder_url:  # the model runs in an encoder service; no torch here
+        from app.encoder_remote import remote_encoder_from
+
+        if encoder_spec.runtime != "torch":
+            raise LoadError(
+                f"--encoder-url and --encoder-runtime {encoder_spec.runtime} exclude each other: the encoder "
+                "service runs the model (drop one of them)"
+            )
+
+        encoder = remote_encoder_from(settings, encoder_spec, status.set_stage)
+    else:
+        status.set_stage(f"loading model {encoder_spec.model or 'bundled demo model'}")
+        encoder = open_encoder(encoder_spec)
     status.set_stage(f"loading index {sources.index_path}")
     index = open_index(resolve_index(settings, sources.index_path), status)
     if index.dimension != encoder.dimension:
+        remote_url = getattr(encoder, "url", None)
+        served_by = f" served by {remote_url}" if remote_url else ""
         raise LoadError(
             f"{sources.index_path}: index dimension {index.dimension} does not match model "
-            f"{encoder.name} (dimension {encoder.dimension}); pass the model the index was built with"
+            f"{encoder.name}{served_by} (dimension {encoder.dimension}); pass the model the index was built with"
         )
     if manifest is not None and manifest.metric != index.metric:
         raise LoadError(f"{sources.index_path}: metric {index.metric} but the manifest says {manifest.metric}")

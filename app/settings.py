@@ -39,6 +39,30 @@ class Settings(BaseSettings):
     allow_download: bool = Field(False, description="Let the model loader reach a hub (off: offline only).")
     threads: int = Field(0, ge=0, description="Torch and FAISS threads per worker (0: all cores).")
 
+    # -- remote encoder service (instead of the in-process model)
+    encoder_url: str | None = Field(
+        None, description="Base URL of an embedding server (e.g. http://encoder:7997); the model then runs there."
+    )
+    encoder_api: Literal["openai", "tei"] = Field(
+        "openai", description="openai: POST /v1/embeddings (infinity, vLLM, TEI); tei: TEI's POST /embed."
+    )
+    encoder_model: str | None = Field(
+        None, description="Model name to ask the encoder service for (default: its first)."
+    )
+    encoder_same_model: bool = Field(
+        False, description="Accept an encoder service model whose name differs from the index's (same model)."
+    )
+    encoder_timeout_s: float = Field(10.0, gt=0, description="Timeout per call to the encoder service.")
+    encoder_retries: int = Field(2, ge=0, le=10, description="Retries per batch on connection errors, 429 and 5xx.")
+    encoder_startup_timeout_s: float = Field(
+        300.0, ge=0, description="How long startup waits for the encoder service to answer."
+    )
+    encoder_unhealthy_after_s: float = Field(
+        30.0, gt=0, description="/health turns 503 once the encoder service is unreachable this long."
+    )
+    encoder_probe_interval_s: float = Field(5.0, gt=0, description="How often the encoder service's /health is polled.")
+    encoder_api_key: str | None = Field(None, description="Bearer token sent to the encoder service.")
+
     # -- index
     mmap: bool = Field(True, description="Memory-map the index and corpus so workers share one copy.")
     nprobe: int | None = Field(None, ge=1, description="IVF lists probed per query.")
