@@ -6,6 +6,8 @@
 # Offline (this project's machines, no registry, no index inside the build): `make image`, i.e.
 #   make wheelhouse base-image          # ./wheelhouse from the host's pip, localhost/debian:bookworm from debootstrap
 #   podman build --build-arg BASE_IMAGE=localhost/debian:bookworm --build-arg PIP_NO_INDEX=1 -t localhost/retriever:dev .
+# Index-only variant (no torch / sentence-transformers; needs RETRIEVER_ENCODER_URL): `--target index-only`,
+# i.e. `make image-index-only`.
 #
 # Runtime contract (docs/CONTRACT.md): listens on 0.0.0.0:8000 as UID 10001; index read from /data/index
 # (mount yours there, read-only); with nothing mounted there it serves the demo index baked at
@@ -19,7 +21,9 @@ ARG BASE_IMAGE=python:3.11-slim
 # content, so editing other parts of pyproject.toml (version, tool settings) does not reinstall them.
 FROM ${BASE_IMAGE} AS requirements
 COPY pyproject.toml docker/pyproject_requirements.py /tmp/
-RUN python3 /tmp/pyproject_requirements.py /tmp/pyproject.toml demo > /tmp/requirements.txt
+RUN python3 /tmp/pyproject_requirements.py /tmp/pyproject.toml demo > /tmp/requirements.txt \
+ && python3 /tmp/pyproject_requirements.py --without sentence-transformers --without onnxruntime --without onnx \
+      /tmp/pyproject.toml > /tmp/requirements-index-only.txt
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS deps
@@ -91,7 +95,30 @@ RUN retriever demo-corpus /tmp/demo.jsonl --limit "${DEMO_LIMIT}" \
  && rm -rf /tmp/demo.jsonl /tmp/verify
 
 # ---------------------------------------------------------------------------------------------------
-FROM ${BASE_IMAGE} AS runtime
+# Index-only dependencies (`--target index-only`): no torch, sentence-transformers, ONNX Runtime or model, for
+# pods whose queries are embedded by a separate encoder service (--encoder-url / RETRIEVER_ENCODER_URL).
+FROM ${BASE_IMAGE} AS deps-index-only
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_NO_INDEX=0
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_FIND_LINKS=/wheels \
+    PIP_INDEX_URL=${PIP_INDEX_URL} \
+    PIP_NO_INDEX=${PIP_NO_INDEX} \
+    PATH=/opt/venv/bin:${PATH}
+RUN python3 -m venv /opt/venv
+COPY docker/README.wheelhouse wheelhouse* /wheels/
+COPY --from=requirements /tmp/requirements-index-only.txt /tmp/deps/
+COPY constraints.txt /tmp/deps/
+RUN pip install -c /tmp/deps/constraints.txt -r /tmp/deps/requirements-index-only.txt \
+ && rm -rf /tmp/deps \
+ && site=$(python3 -c "import sysconfig; print(sysconfig.get_path('purelib'))") \
+ && find "$site/numpy" -type d -name tests -prune -exec rm -rf {} + \
+ && if python3 -c "import torch" 2>/dev/null; then echo "torch must not be in the index-only image" >&2; exit 1; fi
+
+# ---------------------------------------------------------------------------------------------------
+# What both runtime images share: the user and the writable directories.
+FROM ${BASE_IMAGE} AS runtime-base
 
 # A numeric user with a passwd entry (some libraries look up the home directory); written directly so
 # that images without useradd (debootstrap minbase) work too.
@@ -100,6 +127,45 @@ RUN echo "retriever:x:10001:10001:retriever:/home/retriever:/usr/sbin/nologin" >
  && mkdir -p /home/retriever /data/index /var/cache/retriever \
  && chown 10001:10001 /home/retriever /var/cache/retriever \
  && chmod 0755 /data/index
+
+# ---------------------------------------------------------------------------------------------------
+# The index-only image: serves an index with a remote encoder; it cannot embed queries itself. The
+# baked demo index (built with torch in the `demo` stage) is served when RETRIEVER_ENCODER_URL points
+# at an encoder service with all-MiniLM-L6-v2 (e.g. docker/infinity/Dockerfile).
+FROM runtime-base AS index-only
+COPY --from=deps-index-only /opt/venv /opt/venv
+COPY --from=builder /dist/ /tmp/dist/
+RUN /opt/venv/bin/pip install --no-deps --no-index --no-cache-dir --disable-pip-version-check /tmp/dist/*.whl \
+ && rm -rf /tmp/dist \
+ && /opt/venv/bin/python3 -c "import app.api, app.server, app.encoder_remote, sys; sys.exit('torch imported' if 'torch' in sys.modules else 0)"
+COPY --from=demo /opt/retriever/demo-index /opt/retriever/demo-index
+RUN for entry in /opt/retriever/demo-index/*; do ln -s "$entry" /data/index/; done
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/retriever \
+    RETRIEVER_HOST=0.0.0.0 \
+    RETRIEVER_PORT=8000 \
+    RETRIEVER_INDEX_DIR=/data/index \
+    RETRIEVER_DATA_DIR=/var/cache/retriever \
+    RETRIEVER_DEMO_INDEX_DIR=/opt/retriever/demo-index
+USER 10001:10001
+WORKDIR /home/retriever
+EXPOSE 8000
+ENTRYPOINT ["retriever", "serve"]
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="retriever-index-only" \
+      org.opencontainers.image.description="Dense-retrieval server without an encoder: queries are embedded by the service at RETRIEVER_ENCODER_URL" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.retriever.encoder="remote" \
+      io.retriever.index-dir="/data/index" \
+      io.retriever.port="8000"
+
+# ---------------------------------------------------------------------------------------------------
+FROM runtime-base AS runtime
 
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=builder /dist/ /tmp/dist/

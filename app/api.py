@@ -1,4 +1,6 @@
-"""HTTP face: Search-R1's `POST /retrieve`, plus /health, /livez, /info and /metrics.
+"""HTTP face: /health, /livez, /info, /metrics and /admin/reload here; `POST /retrieve` (Search-R1's
+contract and the other trainers' shapes) and the other dialects' routes in `app.dialects`; MCP at
+/mcp (`app.mcp_server`).
 
 Handlers are module-level functions on `router`; `build_app` puts them, the guards (body limit,
 bearer tokens, CORS), the exception handlers and the metrics around one `app.engine.Engine`.
@@ -13,7 +15,6 @@ import functools
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,11 +27,21 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from app import __version__, metrics
+from app import __version__, dialects, mcp_server, metrics
+from app.encoder_remote import encoder_outage
 from app.engine import Engine
-from app.errors import BadRequest, BatchFailed, NotReady, Overloaded, ServingError, StoreUnavailable
+from app.errors import (
+    BadRequest,
+    BatchFailed,
+    EncoderUnavailable,
+    NotFound,
+    NotReady,
+    Overloaded,
+    ServingError,
+    StoreUnavailable,
+)
 from app.guards import AuthMiddleware, BodyLimitMiddleware, EarlyRefusalMiddleware, TokenSource
-from app.schemas import RetrieveRequest, RetrieveResponse, error_response, render_retrieve_response
+from app.schemas import error_response
 from app.settings import Settings
 from app.supervisor_state import SUPERVISOR_PID_ENV
 
@@ -39,17 +50,19 @@ log = logging.getLogger(__name__)
 # Domain error -> HTTP status. Overloaded answers with `overload_status` (503 or 429) instead;
 # those in RETRY_LATER carry Retry-After: retry_after_s.
 ERROR_STATUS: dict[type[ServingError], int] = {
+    EncoderUnavailable: 503,  # before BatchFailed, its base: the first match wins
     NotReady: 503,
     Overloaded: 503,
     BadRequest: 422,
+    NotFound: 404,
     BatchFailed: 500,
     StoreUnavailable: 503,
 }
-RETRY_LATER: tuple[type[ServingError], ...] = (NotReady, Overloaded, StoreUnavailable)
+RETRY_LATER: tuple[type[ServingError], ...] = (NotReady, Overloaded, StoreUnavailable, EncoderUnavailable)
 
 router = APIRouter()
 # POST paths that search: refused before their body is read when admission would refuse them anyway.
-SEARCH_PATHS = {"/retrieve"}
+SEARCH_PATHS = {"/retrieve", "/search", "/batch_search"}
 
 
 def get_engine(request: Request) -> Engine:
@@ -138,30 +151,6 @@ async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 # -- routes -----------------------------------------------------------------------------------
 
 
-@router.post(
-    "/retrieve",
-    response_model=RetrieveResponse,
-    responses={
-        400: error_response("Body is not UTF-8 JSON"),
-        401: error_response("Missing or wrong bearer token (when authentication is on)"),
-        408: error_response("Body not received within body_read_timeout_s"),
-        413: error_response("Body larger than max_body_bytes"),
-        415: error_response("Content-Type is not application/json"),
-        422: error_response("Invalid request or a limit exceeded"),
-        503: error_response("Not ready, or overloaded (with Retry-After)"),
-    },
-)
-async def retrieve(request: RetrieveRequest, engine: EngineDep) -> Response:
-    """Search-R1's contract: one list per query, input order, best first."""
-    overrides = request.search_params.model_dump(exclude_none=True) if request.search_params else None
-    found = await engine.search(request.queries, request.topk, overrides)
-    started = time.perf_counter()
-    body = render_retrieve_response(found.scores, found.ids, found.row_bytes, request.return_scores)
-    metrics.STAGE_SECONDS.labels("fetch").observe(time.perf_counter() - started)
-    metrics.QUERIES.inc(len(request.queries))
-    return Response(content=body, media_type="application/json")
-
-
 @router.get("/health")
 async def health(engine: EngineDep) -> JSONResponse:
     """200 when model and index are loaded and the self-query worked; 503 with progress before."""
@@ -171,6 +160,8 @@ async def health(engine: EngineDep) -> JSONResponse:
     body = status.as_dict() | {"status": shown, "index_version": engine.serving_version}
     if engine.last_reload is not None:
         body["reload"] = engine.last_reload
+    if ready and engine.retriever is not None and (outage := encoder_outage(engine.retriever.encoder, engine.settings)):
+        ready, body["status"], body["message"] = False, "encoder_unavailable", outage
     return JSONResponse(body, 200 if ready else 503)
 
 
@@ -194,7 +185,18 @@ class ReloadRequest(BaseModel):
     )
 
 
-@router.post("/admin/reload", status_code=202, responses={409: error_response("a reload is already running")})
+@router.post(
+    "/admin/reload",
+    status_code=202,
+    responses={
+        400: error_response("Body is not UTF-8 JSON"),
+        401: error_response("Missing or wrong bearer token (when authentication is on)"),
+        409: error_response("A reload is already running"),
+        413: error_response("Body larger than max_body_bytes"),
+        415: error_response("Content-Type is not application/json"),
+        422: error_response("Invalid request (the detail names the field)"),
+    },
+)
 async def admin_reload(engine: EngineDep, request: ReloadRequest | None = None) -> JSONResponse:
     """Hot swap: load an index directory in the background and serve it once it passes its self-test
     (in-flight batches finish on the old one). With `--workers N`, every worker reloads (the
@@ -260,6 +262,7 @@ def _openapi_with_limits(app: FastAPI) -> dict[str, Any]:
         retriever = engine.retriever
         knobs = getattr(retriever.index, "search_params", dict)() if retriever is not None else None
         schema = FastAPI.openapi(app)
+        dialects.document_openapi(schema, engine.settings)
         engine.limits.apply_to_openapi(schema, knobs)
         open_paths = getattr(app.state, "open_paths", None)
         if open_paths is not None:
@@ -324,7 +327,9 @@ def build_app(engine: Engine | Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.engine = engine
+    app.include_router(dialects.router)  # POST /retrieve (every dialect's shape), /search, /access, ...
     app.include_router(router)
+    mcp_server.install_http(app)  # POST /mcp
     _add_docs(app)
 
     Instrumentator(

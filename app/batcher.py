@@ -173,10 +173,11 @@ class MicroBatcher(Scheduler):
         self.lane.shutdown()
 
     @staticmethod
-    def _fail(jobs: list[_Job], detail: str) -> None:
+    def _fail(jobs: list[_Job], detail: str, failure: BatchFailed | None = None) -> None:
+        """Fail the jobs with `failure` (a backend's own error, kept as it is) or a BatchFailed(detail)."""
         for job in jobs:
             if not job.future.done():
-                job.future.set_exception(BatchFailed(detail))
+                job.future.set_exception(failure or BatchFailed(detail))
 
     async def submit(
         self, queries: list[str], topk: int, params: dict[str, int] | None = None
@@ -252,8 +253,12 @@ class MicroBatcher(Scheduler):
             else:
                 scores, ids = outcome
         except Exception as exc:  # one failed batch fails only its own requests
-            log.exception("batch of %d queries failed", len(texts))
-            self._fail(jobs, f"search failed: {type(exc).__name__}: {exc}")
+            if isinstance(exc, BatchFailed):  # a backend's own answer (e.g. its encoder service is down)
+                log.warning("batch of %d queries failed: %s", len(texts), exc)
+                self._fail(jobs, exc.detail, exc)
+            else:
+                log.exception("batch of %d queries failed", len(texts))
+                self._fail(jobs, f"search failed: {type(exc).__name__}: {exc}")
             return
         except asyncio.CancelledError:  # stop() while this batch runs: its callers must not wait forever
             self._fail(jobs, "search failed: server is shutting down")
@@ -324,6 +329,8 @@ class PerRequestRunner(Scheduler):
 
         try:
             return await loop.run_in_executor(self._executor, run)
+        except BatchFailed:
+            raise
         except Exception as exc:
             raise BatchFailed(f"search failed: {type(exc).__name__}: {exc}") from exc
         finally:

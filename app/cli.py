@@ -1,4 +1,4 @@
-"""`retriever` command line: serve, build, plan, verify, load, demo-corpus.
+"""`retriever` command line: serve, build, import, fetch, plan, verify, load, demo-corpus.
 
 Exit codes (the same for every command; EXIT_CODES below is what `--help` prints):
   0  ok
@@ -152,6 +152,13 @@ def _preflight(settings: Settings) -> None:
         raise _fail(f"{settings.index_path}: index file not found")
     if settings.corpus_path is not None and not settings.corpus_path.is_file():
         raise _fail(f"{settings.corpus_path}: corpus file not found")
+    if settings.corpus_path is not None and settings.corpus_path.is_file():
+        from app.store_rules import StoreSpaceError, choose_store
+
+        try:  # a store that cannot fit fails here, before the port opens, not after minutes of work
+            choose_store(settings.corpus_path, settings.data_dir, settings.cache_size_limit_bytes)
+        except StoreSpaceError as exc:
+            raise _fail(str(exc)) from None
     if settings.index_dir is not None and settings.index_path is None:
         Manifest.read(settings.index_dir).check_files(settings.index_dir, checksums=False)
     load_tokens(settings)
@@ -165,6 +172,19 @@ def _preflight(settings: Settings) -> None:
 
 def _fail(message: str) -> Exception:
     return LoadError(message)
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """MCP over stdio for a local agent: an index loaded here, or `--server` forwarded to."""
+    import asyncio
+
+    from app.mcp_server import serve_stdio
+
+    settings = _settings_from(args)
+    if args.server is None:
+        _preflight(settings)
+    asyncio.run(serve_stdio(settings, args.server, args.token or os.environ.get("RETRIEVER_MCP_TOKEN")))
+    return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -183,6 +203,67 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from app.convert import cmd_convert as run_convert
 
     return run_convert(args)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from app.importer import ImportOptions, import_index
+
+    report = import_index(
+        ImportOptions(
+            index_parts=[Path(p) for p in args.index],
+            corpus=Path(args.corpus),
+            model=args.model,
+            out=Path(args.out),
+            copy_model=not args.model_reference,
+            force=args.force,
+            **_import_settings(args),
+            progress=not args.no_progress,
+        )
+    )
+    print(report.summary(Path(args.out)))
+    return 0
+
+
+def _import_settings(args: argparse.Namespace) -> dict:
+    return {
+        "query_prefix": args.query_prefix,
+        "passage_prefix": args.passage_prefix,
+        "pooling": args.pooling,
+        "normalize": args.normalize,
+        "max_length": args.max_length,
+        "preset": args.preset,
+    }
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from app.fetch import Download, FetchError, FetchOptions, fetch
+
+    def paired(urls: list[str], sums: list[str] | None, flag: str) -> list[Download]:
+        sums = sums or []
+        if sums and len(sums) != len(urls):
+            raise FetchError(f"{flag}: {len(sums)} checksum(s) for {len(urls)} URL(s); give one per URL, in order")
+        return [Download(url, sums[i] if sums else None) for i, url in enumerate(urls)]
+
+    report = fetch(
+        FetchOptions(
+            index=paired(args.index_url, args.index_sha256, "--index-sha256"),
+            corpus=paired([args.corpus_url], [args.corpus_sha256] if args.corpus_sha256 else None, "")[0],
+            out=Path(args.out),
+            work_dir=Path(args.work_dir) if args.work_dir else None,
+            model=args.model,
+            model_archive=Download(args.model_url, args.model_sha256) if args.model_url else None,
+            import_options=_import_settings(args),
+            retries=args.retries,
+            keep_downloads=args.keep_downloads,
+            progress=not args.no_progress,
+        )
+    )
+    print(
+        f"{args.out}: valid index directory present, nothing fetched"
+        if report is None
+        else report.summary(Path(args.out))
+    )
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -246,6 +327,61 @@ def cmd_demo_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_import_parser(commands: argparse._SubParsersAction) -> None:
+    imp = commands.add_parser(
+        "import",
+        help="an index directory from an existing FAISS index + passages jsonl + model (no re-encoding)",
+        description="Make an index directory from existing artifacts, e.g. Search-R1's wiki-18: "
+        "retriever import --index part_aa part_ab --corpus wiki-18.jsonl.gz --model e5-base-v2/ "
+        "--preset search-r1-e5 --out /data/wiki-18",
+    )
+    imp.add_argument("--index", nargs="+", required=True, metavar="PART", help="index file, or its parts in order")
+    imp.add_argument("--corpus", required=True, help="passages .jsonl or .jsonl.gz, one row per vector, in order")
+    imp.add_argument("--model", required=True, help="model directory (copied into the index) or name/path")
+    imp.add_argument("--out", required=True, help="index directory to create")
+    imp.add_argument(
+        "--model-reference",
+        action="store_true",
+        help="record the model's path or name instead of copying it into the index directory",
+    )
+    _add_encoder_settings(imp)
+    imp.add_argument("--force", action="store_true", help="replace an existing output directory")
+    imp.set_defaults(func=cmd_import)
+
+    fetch = commands.add_parser(
+        "fetch",
+        help="download an index's parts, corpus (and model archive) over HTTP(S), then import them",
+        description="Resumable, checksummed downloads, then `retriever import` into --out; does nothing when "
+        "--out is already a valid index directory (the chart's fetch initContainer runs this).",
+    )
+    fetch.add_argument("--index-url", nargs="+", required=True, metavar="URL", help="index file or parts, in order")
+    fetch.add_argument("--index-sha256", nargs="+", default=None, metavar="HEX", help="one per --index-url")
+    fetch.add_argument("--corpus-url", required=True, help="passages .jsonl(.gz)")
+    fetch.add_argument("--corpus-sha256", default=None)
+    source = fetch.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", default=None, help="model directory (e.g. baked into the image) or name")
+    source.add_argument("--model-url", default=None, help="a .tar(.gz) of a model directory")
+    fetch.add_argument("--model-sha256", default=None)
+    fetch.add_argument("--out", required=True, help="index directory to create (skipped when valid)")
+    fetch.add_argument("--work-dir", default=None, help="downloads go here (default: beside --out, hidden)")
+    fetch.add_argument("--retries", type=int, default=5, help="per download, each resuming where it stopped")
+    fetch.add_argument("--keep-downloads", action="store_true", help="keep the downloaded files after the import")
+    _add_encoder_settings(fetch)
+    fetch.set_defaults(func=cmd_fetch)
+
+
+def _add_encoder_settings(parser: argparse.ArgumentParser) -> None:
+    from app.importer import POOLING_MODES, PRESETS
+
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="search-r1-e5: Search-R1's e5 settings")
+    parser.add_argument("--query-prefix", default=None, help="prepended to queries (search-r1-e5: 'query: ')")
+    parser.add_argument("--passage-prefix", default=None, help="recorded: what the passages were encoded with")
+    parser.add_argument("--pooling", choices=POOLING_MODES, default=None, help="set in the copied model")
+    parser.add_argument("--normalize", type=_bool, default=None, help="L2-normalise queries (default on)")
+    parser.add_argument("--max-length", type=int, default=None, help="query tokens (search-r1-e5: 256)")
+    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retriever",
@@ -273,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
+    mcp = command("mcp", "MCP server on stdin/stdout (tools: search, get_document) for a local agent")
+    _add_settings_flags(mcp)
+    mcp.add_argument("--server", default=None, help="forward to this running retriever instead of loading an index")
+    mcp.add_argument("--token", default=None, help="bearer token for --server [env RETRIEVER_MCP_TOKEN]")
+    mcp.set_defaults(func=cmd_mcp)
+
     build = command("build", "build an index directory from a passages .jsonl")
     _add_option_flags(build, BuildOptions)
     build.set_defaults(func=cmd_build)
@@ -293,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--force", action="store_true", help="replace an existing output directory")
     convert.add_argument("--no-progress", action="store_true", help="no progress bars")
     convert.set_defaults(func=cmd_convert)
+    _add_import_parser(commands)
 
     verify = command("verify", "check an index directory: checksums, counts, a query")
     verify.add_argument("index_dir", help="index directory made by `retriever build`")

@@ -14,7 +14,6 @@ cached (`ensure_corpus_store`), under a file lock so that workers and test proce
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import mmap
@@ -267,12 +266,10 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def store_cache_dir(corpus_path: Path, data_dir: Path) -> Path:
-    """Where the store of a jsonl is cached: beside it when that is writable, else in data_dir."""
-    beside = corpus_path.parent / f"{corpus_path.name}.store"
-    if os.access(corpus_path.parent, os.W_OK):
-        return beside
-    digest = hashlib.sha1(str(corpus_path.resolve()).encode()).hexdigest()[:12]
-    return data_dir / "corpora" / f"{corpus_path.name}-{digest}.store"
+    """Where a new store of a jsonl goes: beside it when that is writable, else in data_dir."""
+    from app.store_rules import beside, in_cache
+
+    return beside(corpus_path) if os.access(corpus_path.parent, os.W_OK) else in_cache(corpus_path, data_dir)
 
 
 def ensure_corpus_store(
@@ -280,36 +277,36 @@ def ensure_corpus_store(
     data_dir: Path,
     on_stage: Callable[[str], None] | None = None,
     on_progress: Callable[[float], None] | None = None,
+    cache_size_limit_bytes: int | None = None,
 ) -> Path:
-    """Convert a Search-R1 jsonl into a store once; reuse it while the source is unchanged.
+    """Use a valid store of a Search-R1 jsonl (beside it first, even when read-only, else in the
+    cache), or convert it once; the rules and the space check are app/store_rules.py.
 
     `on_stage` hears that a conversion starts, `on_progress` its fraction of the file read."""
+    from app.store_rules import StoreSpaceError, choose_store, is_valid_store, marker_for
+
     if not corpus_path.is_file():
         raise CorpusError(f"{corpus_path}: corpus file not found")
-    stat = corpus_path.stat()
-    source = {"path": str(corpus_path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    store_dir = store_cache_dir(corpus_path, data_dir)
-    marker = store_dir / "source.json"
-
-    def current() -> bool:
-        try:
-            return json.loads(marker.read_text())["source"] == source
-        except (OSError, ValueError, KeyError):
-            return False
-
-    if current():
+    try:
+        choice = choose_store(corpus_path, data_dir, cache_size_limit_bytes)
+    except StoreSpaceError as exc:
+        raise CorpusError(str(exc)) from None
+    store_dir = choice.directory
+    if choice.valid:
+        log.info("corpus store %s is valid for %s: used as it is", store_dir, corpus_path)
         return store_dir
+    size = corpus_path.stat().st_size
     with file_lock(store_dir.parent / f".{store_dir.name}.lock"):
-        if current():
+        if is_valid_store(store_dir, corpus_path):
             return store_dir
         tmp = store_dir.parent / f".{store_dir.name}.converting-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         if on_stage is not None:
             on_stage(f"converting corpus {corpus_path.name} (once, cached in {store_dir})")
         try:
-            with Progress(f"converting {corpus_path.name}", stat.st_size, "B", on_fraction=on_progress) as progress:
+            with Progress(f"converting {corpus_path.name}", size, "B", on_fraction=on_progress) as progress:
                 report = convert_jsonl(corpus_path, tmp, skip_invalid=False, on_bytes=progress.update)
-            (tmp / "source.json").write_text(json.dumps({"source": source, "rows": report.rows}))
+            (tmp / "source.json").write_text(marker_for(corpus_path, report.rows))
             shutil.rmtree(store_dir, ignore_errors=True)
             os.rename(tmp, store_dir)
         finally:

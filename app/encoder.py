@@ -84,12 +84,20 @@ class SentenceTransformerEncoder:
 
     Implements `app.backends.Encoder`."""
 
+    stage = "encode"  # its label in retriever_stage_duration_seconds
+
     def __init__(self, config: EncoderConfig) -> None:
         if not config.allow_download:
             # Never fetch weights at run time unless asked: a pod must not depend on a hub.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise EncoderError(
+                "sentence-transformers is not installed (an index-only install): pass --encoder-url "
+                "(RETRIEVER_ENCODER_URL) to embed queries with an encoder service"
+            ) from None
 
         self.config = config
         self.name = config.model

@@ -50,6 +50,12 @@ class BadRequest(ServingError):
     reason = "invalid"
 
 
+class NotFound(ServingError):
+    """A document looked up by id (or url) that the corpus does not hold; names the field."""
+
+    reason = "not_found"
+
+
 class BatchFailed(ServingError):
     """The batch holding this request failed; only its own requests see this."""
 
@@ -58,3 +64,7 @@ class StoreUnavailable(ServingError):
     """The corpus store cannot be read right now (the file shrank or went away): retry later."""
 
     reason = "store_unavailable"
+
+
+class EncoderUnavailable(BatchFailed):
+    """The remote encoder service (--encoder-url) gave no embeddings for this batch: retry later."""

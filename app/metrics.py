@@ -35,7 +35,7 @@ INFLIGHT = Gauge(
 )
 STAGE_SECONDS = Histogram(
     "retriever_stage_duration_seconds",
-    "Time per stage: queue_wait and fetch per request, encode and search per batch.",
+    "Time per stage: queue_wait and fetch per request; encode (or encode_remote) and search per batch.",
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
@@ -62,12 +62,29 @@ for _outcome in ("ok", "failed"):
 TOKEN_RELOADS = Counter(
     "retriever_auth_token_reloads_total", "Re-reads of a changed auth tokens file, by outcome.", ["outcome"]
 )
+for _outcome in ("ok", "failed"):  # exported at 0 before the first re-read, so rate() has data
+    TOKEN_RELOADS.labels(_outcome)
 REJECTION_REASONS = (
     "queue_full", "too_many_queries", "topk", "body_too_large", "body_timeout", "invalid", "unauthorized", "not_ready",
-    "header_timeout", "store_unavailable",
+    "header_timeout", "store_unavailable", "not_found",
 )  # fmt: skip
 for _reason in REJECTION_REASONS:
     REJECTIONS.labels(_reason)  # exported as 0 from the start, so rate() sees the first refusal
+DIALECT_REQUESTS = Counter(
+    "retriever_dialect_requests_total",
+    "Requests by wire dialect (search_r1, rllm, flashrag, mcp, ...) and outcome (ok or the refusal reason).",
+    ["dialect", "outcome"],
+)
+for _dialect in ("search_r1", "single_query", "rllm", "browsecomp_plus", "flashrag", "asearcher", "mcp"):
+    DIALECT_REQUESTS.labels(_dialect, "ok")  # exported as 0 from the start, as the rejections are
+ENCODER_ERRORS = Counter(
+    "retriever_encoder_errors_total",
+    "Failed calls to the remote encoder service (--encoder-url), per try, by reason.",
+    ["reason"],
+)
+ENCODER_ERROR_REASONS = ("timeout", "connect", "http_5xx", "http_429", "http_4xx", "invalid_response")
+for _reason in ENCODER_ERROR_REASONS:
+    ENCODER_ERRORS.labels(_reason)
 INDEX_VECTORS = Gauge("retriever_index_vectors", "Vectors in the index.", multiprocess_mode="max")
 INDEX_BYTES = Gauge("retriever_index_bytes", "Size of the index file.", multiprocess_mode="max")
 CORPUS_BYTES = Gauge("retriever_corpus_bytes", "Size of the corpus store.", multiprocess_mode="max")

@@ -27,12 +27,13 @@ GPU_OVERHEAD_GIB = 3.0
 BYTES_PER_VALUE = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
-def _model_gib(manifest: Manifest) -> float:
+def _model_gib(manifest: Manifest, index_dir: Path) -> float:
     """Weights on disk x 2 (loaded tensors + tokenizer and runtime buffers); a fallback for hub names."""
     from app.encoder import resolve_model
+    from app.importer import resolve_manifest_model
 
     try:
-        path = Path(resolve_model(manifest.model))
+        path = Path(resolve_model(resolve_manifest_model(manifest, index_dir)))
     except Exception:
         return MODEL_FALLBACK_GIB
     if not path.is_dir():
@@ -60,7 +61,7 @@ def plan(
     index_bytes = (index_dir / INDEX_FILE).stat().st_size
     corpus_bytes = sum((index_dir / CORPUS_DIR / name).stat().st_size for name in CORPUS_DIR_FILES)
     index_gib, corpus_gib = _gib(index_bytes), _gib(corpus_bytes)
-    model = _gib((model_gib if model_gib is not None else _model_gib(manifest)) * GIB)
+    model = _gib((model_gib if model_gib is not None else _model_gib(manifest, index_dir)) * GIB)
     overhead = Decimal(str(PER_WORKER_OVERHEAD_GIB))
     headroom = Decimal(str(headroom_gib))
     if gpu and workers != 1:

@@ -59,6 +59,7 @@ PRELOAD_MODULES = (
     "pydantic",
     "uvicorn",
 )
+MODEL_MODULES = ("torch", "transformers", "sentence_transformers")
 
 
 class RetrieverServer(uvicorn.Server):
@@ -147,12 +148,14 @@ def _worker_main(settings: Settings, sock: socket.socket, heartbeat_path: str) -
     sys.exit(_run_worker(settings, sock, heartbeat_path))
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
+def _worker_context(remote_encoder: bool = False) -> multiprocessing.context.BaseContext:
     """Fork server with the heavy imports preloaded where the platform has one; spawn otherwise."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(PRELOAD_MODULES))
+    # With a remote encoder the model libraries are never used: do not load them into every worker.
+    preload = [m for m in PRELOAD_MODULES if not (remote_encoder and m in MODEL_MODULES)]
+    context.set_forkserver_preload(preload)
     return context
 
 
@@ -211,7 +214,7 @@ def _supervise(settings: Settings) -> int:
     """Spawn N workers on one listening socket; forward SIGTERM; restart a worker that dies."""
     config = _uvicorn_config(settings)
     sock = config.bind_socket()
-    context = _worker_context()
+    context = _worker_context(remote_encoder=bool(settings.encoder_url))
     stopping = threading.Event()
     received: list[int] = []
 

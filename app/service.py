@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from app.demo import ensure_demo_index
 from app.devices import DeviceError, resolve_device
 from app.encoder import SentenceTransformerEncoder
 from app.errors import LoadError
+from app.importer import resolve_manifest_model
 from app.index import FaissIndex
 from app.index_torch import TorchFlatIndex, placement
 from app.lanes import Helpers
@@ -41,6 +43,9 @@ class Status:
     message: str = ""
     warmup: str = "off"  # off | running | done | failed
     warmup_progress: float = 0.0
+    warmup_resident: float | None = None  # share of the files already in the page cache at start
+    warmup_seconds: float | None = None
+    full_query_s: float | None = None  # one query over the whole index, before ready
     started_at: float = field(default_factory=time.time)
     ready_after_s: float | None = None
 
@@ -60,6 +65,12 @@ class Status:
         if self.message:
             body["message"] = self.message
         body["warmup"] = {"state": self.warmup, "progress": round(self.warmup_progress, 3)}
+        if self.warmup_resident is not None:
+            body["warmup_detail"] = {
+                "resident_at_start": round(self.warmup_resident, 3),
+                "seconds": None if self.warmup_seconds is None else round(self.warmup_seconds, 2),
+                "full_query_s": None if self.full_query_s is None else round(self.full_query_s, 3),
+            }
         body["uptime_s"] = round(time.time() - self.started_at, 1)
         if self.ready_after_s is not None:
             body["ready_after_s"] = round(self.ready_after_s, 2)
@@ -100,7 +111,11 @@ class Retriever:
         Pipelined: returns the Future of the search, queued on the index's owner thread.
         `params`: a request's nprobe / efSearch override (only FAISS indexes take one)."""
         started = time.perf_counter()
-        vectors = self.encoder.encode(queries, helpers)
+        try:
+            vectors = self.encoder.encode(queries, helpers)
+        finally:  # a remote encoder has a stage label of its own (encode_remote)
+            stage = getattr(self.encoder, "stage", "encode")
+            metrics.STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
         encoded = time.perf_counter()
         if self.pipeline:
             metrics.STAGE_SECONDS.labels("encode").observe(encoded - started)
@@ -113,7 +128,6 @@ class Retriever:
             scores, ids = self.index.search(vectors, topk, helpers, params)  # type: ignore[call-arg]
         else:
             scores, ids = self.index.search(vectors, topk, helpers)
-        metrics.STAGE_SECONDS.labels("encode").observe(encoded - started)
         metrics.STAGE_SECONDS.labels("search").observe(time.perf_counter() - encoded)
         if self.recall_guard is not None:
             self.recall_guard.offer(vectors, ids, topk)
@@ -127,7 +141,11 @@ def resolve_sources(settings: Settings, status: Status) -> Sources:
         if not settings.index_path.is_file():
             raise LoadError(f"{settings.index_path}: index file not found")
         corpus_dir = ensure_corpus_store(
-            settings.corpus_path, settings.data_dir, on_stage=status.set_stage, on_progress=status.set_progress
+            settings.corpus_path,
+            settings.data_dir,
+            on_stage=status.set_stage,
+            on_progress=status.set_progress,
+            cache_size_limit_bytes=settings.cache_size_limit_bytes,
         )
         return Sources(settings.index_path, corpus_dir, None)
     index_dir = settings.index_dir
@@ -196,15 +214,31 @@ def load(settings: Settings, status: Status) -> Retriever:
         resolve_device(settings.index_device, "--index-device")
     except DeviceError as exc:
         raise LoadError(str(exc)) from None
+    if manifest is not None:  # a model copied into the index directory (`retriever import`) loads from there
+        manifest = dataclasses.replace(manifest, model=resolve_manifest_model(manifest, sources.index_path.parent))
     encoder_spec = resolve_encoder(settings, manifest)
-    status.set_stage(f"loading model {encoder_spec.model or 'bundled demo model'}")
-    encoder = open_encoder(encoder_spec)
+    encoder: Encoder
+    if settings.encoder_url:  # the model runs in an encoder service; no torch here
+        from app.encoder_remote import remote_encoder_from
+
+        if encoder_spec.runtime != "torch":
+            raise LoadError(
+                f"--encoder-url and --encoder-runtime {encoder_spec.runtime} exclude each other: the encoder "
+                "service runs the model (drop one of them)"
+            )
+
+        encoder = remote_encoder_from(settings, encoder_spec, status.set_stage)
+    else:
+        status.set_stage(f"loading model {encoder_spec.model or 'bundled demo model'}")
+        encoder = open_encoder(encoder_spec)
     status.set_stage(f"loading index {sources.index_path}")
     index = open_index(resolve_index(settings, sources.index_path), status)
     if index.dimension != encoder.dimension:
+        remote_url = getattr(encoder, "url", None)
+        served_by = f" served by {remote_url}" if remote_url else ""
         raise LoadError(
             f"{sources.index_path}: index dimension {index.dimension} does not match model "
-            f"{encoder.name} (dimension {encoder.dimension}); pass the model the index was built with"
+            f"{encoder.name}{served_by} (dimension {encoder.dimension}); pass the model the index was built with"
         )
     if manifest is not None and manifest.metric != index.metric:
         raise LoadError(f"{sources.index_path}: metric {index.metric} but the manifest says {manifest.metric}")
@@ -262,40 +296,61 @@ WARMUP_STEP_BYTES = 64 * 1024 * 1024
 
 def warm_up(retriever: Retriever, status: Status, step: int = WARMUP_STEP_BYTES) -> None:
     """Read the mapped index and corpus files into the page cache, so the first queries are not
-    disk-bound (sequential reads: far faster than page faults on a cold cache, see touch_pages).
+    disk-bound (sequential reads with readahead advice: app/warmup.py). Skipped when the pages are
+    resident already (a restart on a warm node).
 
     The pages land in the page cache, shared by every worker. Progress (0..1 over index + corpus
     bytes) shows in /health and /info (`warmup`) and in retriever_warmup_progress; while readiness
-    waits for the warm-up (--ready-before-warmup off) it is also the loading stage and progress.
+    waits for the warm-up (the default) it is also the loading stage and progress.
     An index loaded into memory (not mapped) has nothing to warm: only the corpus is read.
     """
+    from app.warmup import RESIDENT_ENOUGH, read_into_cache, resident_fraction
+
     blocking = status.state == "loading"
     status.warmup, status.warmup_progress = "running", 0.0
     metrics.WARMUP_PROGRESS.set(0.0)
-    if blocking:
-        status.set_stage("warming up: reading the index and corpus pages into the page cache")
-    index_bytes = retriever.index.nbytes if retriever.index.mapped else 0
-    sizes = index_bytes, retriever.corpus.nbytes
-    total = max(sum(sizes), 1)
+    index_path = getattr(retriever.index, "path", None)
+    paths = ([Path(index_path)] if retriever.index.mapped and index_path else []) + retriever.corpus.files()
     started = time.perf_counter()
-
-    def report(fraction: float) -> None:
-        status.warmup_progress = fraction
-        if blocking:
-            status.progress = status.warmup_progress
-        metrics.WARMUP_PROGRESS.set(status.warmup_progress)
-
-    progress = Progress("warm-up: reading index and corpus pages", total, "B", on_fraction=report)
     try:
-        if index_bytes:
-            retriever.index.touch_pages(lambda fraction: progress.set(fraction * sizes[0]), step)
-        retriever.corpus.touch_pages(lambda fraction: progress.set(sizes[0] + fraction * sizes[1]), step)
+        resident = resident_fraction(paths)
+        status.warmup_resident = resident
+        total = sum(p.stat().st_size for p in paths)
+        if resident >= RESIDENT_ENOUGH:
+            log.info(
+                "warm-up: %.1f%% of %.2f GB already in the page cache; nothing to read", 100 * resident, total / 1e9
+            )
+        else:
+            if blocking:
+                status.set_stage(
+                    f"warming up: reading {total / 1e9:.2f} GB of index and corpus into the page cache "
+                    f"({100 * resident:.0f}% resident)"
+                )
+
+            def report(done: int, total: int) -> None:
+                status.warmup_progress = min(1.0, done / max(total, 1))
+                if blocking:
+                    status.progress = status.warmup_progress
+                metrics.WARMUP_PROGRESS.set(status.warmup_progress)
+
+            read_into_cache(paths, report, block=min(step, 8 * 1024 * 1024))
+            seconds = time.perf_counter() - started
+            log.info(
+                "warm-up done: %.2f GB in %.1fs (%.2f GB/s)", total / 1e9, seconds, total / 1e9 / max(seconds, 1e-9)
+            )
     except Exception as exc:  # warm-up is an optimisation; serving goes on
-        progress.close(ok=False)
         log.warning("warm-up failed: %s", exc)
         status.warmup = "failed"
         return
-    progress.close()
     status.warmup, status.warmup_progress = "done", 1.0
+    status.warmup_seconds = time.perf_counter() - started
     metrics.WARMUP_PROGRESS.set(1.0)
-    log.info("warm-up done: %.1f MiB in %.2fs", sum(sizes) / 2**20, time.perf_counter() - started)
+
+
+def full_query(retriever: Retriever, status: Status) -> None:
+    """One query over the whole index before ready: what the first client will wait for."""
+    status.set_stage("one query over the whole index")
+    started = time.perf_counter()
+    retriever.search(["warm-up query"], 1)
+    status.full_query_s = time.perf_counter() - started
+    log.info("a query over all %d vectors answered in %.2fs", retriever.index.count, status.full_query_s)

@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     index_path: Path | None = Field(None, description="A bare FAISS index file (Search-R1's e5_Flat.index).")
     corpus_path: Path | None = Field(None, description="Passages .jsonl matching --index-path row by row.")
     data_dir: Path = Field(Path(".cache"), description="Demo index and converted corpora are cached here.")
+    cache_size_limit_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Size limit of --data-dir (the chart's cacheSizeLimit): a corpus store that "
+        "would not fit fails startup at once instead of getting the pod evicted.",
+    )
     demo_limit: int | None = Field(None, ge=1, description="Build the demo from only the first N articles.")
 
     # -- encoder
@@ -33,12 +39,40 @@ class Settings(BaseSettings):
     allow_download: bool = Field(False, description="Let the model loader reach a hub (off: offline only).")
     threads: int = Field(0, ge=0, description="Torch and FAISS threads per worker (0: all cores).")
 
+    # -- remote encoder service (instead of the in-process model)
+    encoder_url: str | None = Field(
+        None, description="Base URL of an embedding server (e.g. http://encoder:7997); the model then runs there."
+    )
+    encoder_api: Literal["openai", "tei"] = Field(
+        "openai", description="openai: POST /v1/embeddings (infinity, vLLM, TEI); tei: TEI's POST /embed."
+    )
+    encoder_model: str | None = Field(
+        None, description="Model name to ask the encoder service for (default: its first)."
+    )
+    encoder_same_model: bool = Field(
+        False, description="Accept an encoder service model whose name differs from the index's (same model)."
+    )
+    encoder_timeout_s: float = Field(10.0, gt=0, description="Timeout per call to the encoder service.")
+    encoder_retries: int = Field(2, ge=0, le=10, description="Retries per batch on connection errors, 429 and 5xx.")
+    encoder_startup_timeout_s: float = Field(
+        300.0, ge=0, description="How long startup waits for the encoder service to answer."
+    )
+    encoder_unhealthy_after_s: float = Field(
+        30.0, gt=0, description="/health turns 503 once the encoder service is unreachable this long."
+    )
+    encoder_probe_interval_s: float = Field(5.0, gt=0, description="How often the encoder service's /health is polled.")
+    encoder_api_key: str | None = Field(None, description="Bearer token sent to the encoder service.")
+
     # -- index
     mmap: bool = Field(True, description="Memory-map the index and corpus so workers share one copy.")
     nprobe: int | None = Field(None, ge=1, description="IVF lists probed per query.")
     ef_search: int | None = Field(None, ge=1, description="HNSW efSearch.")
-    warmup: bool = Field(False, description="Pre-fault mapped pages in the background after loading.")
-    ready_before_warmup: bool = Field(True, description="Report ready while warm-up still runs.")
+    warmup: bool = Field(
+        True, description="Read the mapped index and corpus into the page cache (skipped when already resident)."
+    )
+    ready_before_warmup: bool = Field(
+        False, description="Report ready while warm-up still runs (off: ready means a full-index query is fast)."
+    )
     verify_checksums: bool = Field(False, description="Check sha256 of every file against the manifest.")
 
     # -- live recall guard (approximate indexes: served answers re-checked exactly in the background)
@@ -58,6 +92,11 @@ class Settings(BaseSettings):
     max_queries_per_request: int = Field(512, ge=1, description="Largest `queries` list per request.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body.")
     body_read_timeout_s: float = Field(30.0, gt=0, description="Most seconds to receive a request body (else 408).")
+
+    # -- trainers' dialects (app/dialects.py)
+    browsecomp_k: int = Field(
+        5, ge=1, description="Results for requests that carry no count (BrowseComp-Plus's /retrieve, MCP search)."
+    )
 
     # -- batching and admission
     batching: bool = Field(True, description="Coalesce concurrent requests into shared batches.")

@@ -341,6 +341,24 @@ def retriever_dashboard() -> Json:
         options=TS_OPTIONS,
     )
 
+    lay.add(
+        "timeseries",
+        "Requests/s by dialect",
+        "Traffic per client wire format (search_r1, single_query, rllm, browsecomp_plus, flashrag, asearcher, "
+        "mcp) and outcome (ok, or the refusal reason): every dialect shares the same batches.",
+        "reqps",
+        [
+            target(
+                f"sum by (dialect, outcome) (rate(retriever_dialect_requests_total{{{SEL}}}[{RI}]))",
+                "{{dialect}} {{outcome}}",
+                "A",
+            )
+        ],
+        w=24,
+        min_=0,
+        options=TS_OPTIONS,
+    )
+
     # ---------------------------------------------------------------- batching
     lay.row("Batching, queue and stages")
     lay.add(
@@ -445,20 +463,31 @@ def retriever_dashboard() -> Json:
     lay.add(
         "timeseries",
         "Duplicate work avoided",
-        "Share of queries answered without computing them: from the result cache (hits over lookups; "
-        "only with --result-cache) and by joining an identical query already in flight.",
-        "percentunit",
+        "Queries per second answered without computing them: from the result cache (only with "
+        "--result-cache) and by joining an identical query already in flight; beside all queries answered.",
+        "cps",
         [
             target(
-                f'sum(rate(retriever_result_cache_lookups_total{{{SEL}, result="hit"}}[{RI}])) / '
-                f"sum(rate(retriever_result_cache_lookups_total{{{SEL}}}[{RI}]))",
-                "cache hit rate",
-                "A",
+                f'sum(rate(retriever_result_cache_lookups_total{{{SEL}, result="hit"}}[{RI}]))', "from the cache", "A"
             ),
+            target(f"sum(rate(retriever_deduplicated_queries_total{{{SEL}}}[{RI}]))", "joined in flight", "B"),
+            target(f"sum(rate(retriever_queries_total{{{SEL}}}[{RI}]))", "all queries answered", "C"),
+        ],
+        w=12,
+        min_=0,
+        options=TS_OPTIONS,
+    )
+    lay.add(
+        "timeseries",
+        "Where each stage runs, index memory on the device",
+        "Bytes of the index held on each device (the torch backend's copy; 0 on CPU FAISS), and which "
+        "device and dtype the encode and search stages use (1 per stage, device, dtype).",
+        "bytes",
+        [
+            target(f"sum by (device) (retriever_index_device_bytes{{{SEL}}})", "index on {{device}}", "A"),
             target(
-                f"sum(rate(retriever_deduplicated_queries_total{{{SEL}}}[{RI}])) / "
-                f"sum(rate(retriever_queries_total{{{SEL}}}[{RI}]))",
-                "joined in flight",
+                f"max by (stage, device, dtype) (retriever_stage_device_info{{{SEL}}})",
+                "{{stage}} on {{device}} ({{dtype}})",
                 "B",
             ),
         ],

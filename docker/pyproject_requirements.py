@@ -3,15 +3,28 @@
 Used by the Dockerfile to install the dependencies in a layer of their own (cached until
 pyproject.toml or constraints.txt change) and by `make wheelhouse` to download them.
 
-    python3 docker/pyproject_requirements.py pyproject.toml [EXTRA ...]
+    python3 docker/pyproject_requirements.py [--without NAME ...] pyproject.toml [EXTRA ...]
+
+`--without NAME` leaves a dependency out (the index-only image: `--without sentence-transformers`).
 """
 
+import re
 import sys
 
 import tomllib
 
 
+def _name(requirement: str) -> str:
+    """The distribution name of a requirement line, normalised (PEP 503)."""
+    name = re.split(r"[\s\[<>=!~;(]", requirement.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def main(argv: list[str]) -> int:
+    without: set[str] = set()
+    while len(argv) > 2 and argv[1] == "--without":
+        without.add(_name(argv[2]))
+        argv = [argv[0], *argv[3:]]
     path, extras = argv[1], argv[2:]
     with open(path, "rb") as f:
         project = tomllib.load(f)["project"]
@@ -22,7 +35,7 @@ def main(argv: list[str]) -> int:
             print(f"unknown extra {extra!r}; known: {sorted(optional)}", file=sys.stderr)
             return 2
         reqs += optional[extra]
-    print("\n".join(reqs))
+    print("\n".join(req for req in reqs if _name(req) not in without))
     return 0
 
 

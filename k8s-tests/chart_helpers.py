@@ -71,7 +71,8 @@ class Rendered:
         return [d for d in self.docs if d["kind"] == kind]
 
     def maybe(self, kind: str, name: str | None = None) -> dict[str, Any] | None:
-        found = [d for d in self.all(kind) if name is None or d["metadata"]["name"] == name]
+        # Without a name: the server's object, never the optional encoder's (ask for that one by name).
+        found = [d for d in self.all(kind) if d["metadata"]["name"] == name or (name is None and not _is_encoder(d))]
         assert len(found) <= 1, f"more than one {kind} named {name}: {[d['metadata']['name'] for d in found]}"
         return found[0] if found else None
 
@@ -83,7 +84,14 @@ class Rendered:
     # Shortcuts for the objects every render has.
     @property
     def deployment(self) -> dict[str, Any]:
+        """The index server's Deployment (not the optional encoder's)."""
         return self.get("Deployment")
+
+    @property
+    def encoder_deployment(self) -> dict[str, Any]:
+        found = [d for d in self.all("Deployment") if _is_encoder(d)]
+        assert len(found) == 1, f"expected one encoder Deployment, found {[d['metadata']['name'] for d in found]}"
+        return found[0]
 
     @property
     def pod_spec(self) -> dict[str, Any]:
@@ -98,6 +106,10 @@ class Rendered:
         pods = [p for p in self.all("Pod") if p["metadata"]["annotations"].get("helm.sh/hook") == "test"]
         assert len(pods) == 1, pods
         return pods[0]
+
+
+def _is_encoder(obj: Mapping[str, Any]) -> bool:
+    return obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "encoder"
 
 
 def container(pod_spec: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -22,6 +22,8 @@ DEMO_LIMIT ?= 1000
 BASE_IMAGE ?=
 REGISTRY_BASE_IMAGE := docker.io/library/python:3.11-slim
 LOCAL_BASE_IMAGE := localhost/debian:bookworm
+# The Dockerfile stage: runtime (the full image) or index-only (no torch; needs an encoder service).
+IMAGE_TARGET ?= runtime
 # 1: the build reads only ./wheelhouse (offline); 0: PyPI + the PyTorch CPU index.
 IMAGE_OFFLINE ?= 1
 PODMAN_VERSION := 4.3
@@ -96,6 +98,7 @@ image: base-image $(if $(filter 1,$(IMAGE_OFFLINE)),wheelhouse) ## build $(IMAGE
 		--build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
 		--build-arg VERSION=$(APP_VERSION) \
 		--build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+		--target $(IMAGE_TARGET) \
 		-t $(IMAGE) . >$(IMAGE_BUILD_DIR)/build.log 2>&1 \
 		|| { tail -40 $(IMAGE_BUILD_DIR)/build.log; echo "podman build failed: $(IMAGE_BUILD_DIR)/build.log" >&2; exit 1; }; \
 	echo "$(IMAGE): built in $$(( $$(date +%s) - start )) s," \

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from app.guards import AuthMiddleware, TokenSource
@@ -60,3 +62,13 @@ def test_the_file_is_not_looked_at_more_often_than_the_interval(tmp_path: Path) 
     source = TokenSource(Settings(auth_tokens_file=path), check_interval_s=3600)
     path.write_text("two\n")
     assert source.current() == [b"one"]
+
+
+def test_the_reload_counter_is_exported_before_any_reload() -> None:
+    """The dashboard's token-reload rate needs the series at 0 before the first re-read (as index swaps).
+    A fresh process: the other tests here re-read files, which would create the series anyway."""
+    script = "import app.metrics; from prometheus_client import generate_latest; print(generate_latest().decode())"
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    text = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True).stdout
+    for outcome in ("ok", "failed"):
+        assert f'retriever_auth_token_reloads_total{{outcome="{outcome}"}} 0.0' in text

@@ -158,3 +158,69 @@ limits:
 {{- define "retriever.slug" -}}
 {{- regexReplaceAll "[^a-z0-9-]+" (lower .) "-" | trimAll "-" }}
 {{- end }}
+
+{{/* The index directory the server reads: index.mountPath, or its index.subDir. */}}
+{{- define "retriever.indexDir" -}}
+{{- if .Values.index.subDir }}
+{{- printf "%s/%s" (trimSuffix "/" .Values.index.mountPath) .Values.index.subDir }}
+{{- else }}
+{{- .Values.index.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/* The model directory for RETRIEVER_MODEL (model.source other than "index"). */}}
+{{- define "retriever.modelPath" -}}
+{{- if eq .Values.model.source "image" }}
+{{- .Values.model.path }}
+{{- else if .Values.model.path }}
+{{- printf "%s/%s" (trimSuffix "/" .Values.model.mountPath) .Values.model.path }}
+{{- else }}
+{{- .Values.model.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/* cacheSizeLimit in bytes (RETRIEVER_CACHE_SIZE_LIMIT_BYTES): a corpus store that cannot fit fails at once. */}}
+{{- define "retriever.cacheLimitBytes" -}}
+{{- printf "%.0f" (mulf (float64 (include "retriever.quantityToGiB" .Values.cacheSizeLimit)) 1073741824.0) }}
+{{- end }}
+
+{{/* The fetch-index initContainer: `retriever fetch` from the server image into the index volume. */}}
+{{- define "retriever.fetchContainer" -}}
+{{- $f := .Values.index.fetch }}
+{{- $args := list "fetch" "--no-progress" "--out" (include "retriever.indexDir" .) "--index-url" }}
+{{- $args = concat $args $f.indexUrls }}
+{{- with $f.indexSha256 }}{{ $args = concat $args (list "--index-sha256") . }}{{ end }}
+{{- $args = concat $args (list "--corpus-url" $f.corpusUrl) }}
+{{- with $f.corpusSha256 }}{{ $args = concat $args (list "--corpus-sha256" .) }}{{ end }}
+{{- if $f.modelUrl }}
+{{- $args = concat $args (list "--model-url" $f.modelUrl) }}
+{{- with $f.modelSha256 }}{{ $args = concat $args (list "--model-sha256" .) }}{{ end }}
+{{- else }}
+{{- $args = concat $args (list "--model" (include "retriever.modelPath" .)) }}
+{{- end }}
+{{- with $f.preset }}{{ $args = concat $args (list "--preset" .) }}{{ end }}
+{{- $args = concat $args $f.extraArgs }}
+- name: fetch-index
+  image: {{ include "retriever.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["retriever"]
+  args:
+    {{- toYaml $args | nindent 4 }}
+  env:
+    - name: HF_HUB_OFFLINE
+      value: "1"
+  resources:
+    {{- toYaml $f.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: index
+      mountPath: {{ .Values.index.mountPath }}
+    - name: tmp
+      mountPath: /tmp
+    {{- if has .Values.model.source (list "pvc" "hostPath") }}
+    - name: model
+      mountPath: {{ .Values.model.mountPath }}
+      readOnly: true
+    {{- end }}
+{{- end }}

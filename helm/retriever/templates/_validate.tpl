@@ -25,9 +25,11 @@ saying what is wrong and how to fix it. Included once, from deployment.yaml.
 {{- if and (eq $v.index.source "hostPath") (not $v.index.hostPath.path) }}
 {{- fail "index.source is \"hostPath\" but index.hostPath.path is empty: give the index directory on the node" }}
 {{- end }}
-{{- if and (eq $v.index.source "initContainer") (or (not $v.index.initContainer.image.repository) (not $v.index.initContainer.command)) }}
+{{- if and (eq $v.index.source "initContainer") (not $v.index.fetch.enabled) (or (not $v.index.initContainer.image.repository) (not $v.index.initContainer.command)) }}
 {{- fail "index.source is \"initContainer\" but index.initContainer.image.repository or index.initContainer.command is empty: give the fetcher's image and the command that writes the index into index.mountPath" }}
 {{- end }}
+
+{{- include "retriever.validateWiki" . }}
 
 {{- /* Explicit resources must still say how much memory to reserve: placement and the HPA bound depend on it. */}}
 {{- if and $v.resources (not (dig "requests" "memory" "" $v.resources)) }}
@@ -77,5 +79,43 @@ saying what is wrong and how to fix it. Included once, from deployment.yaml.
 {{- if gt (int $a.maxReplicas) (int $a.eligibleNodes) }}
 {{- fail (printf "autoscaling.maxReplicas (%d) exceeds autoscaling.eligibleNodes (%d): the required pod anti-affinity allows one pod per node, so replicas beyond %d would stay Pending; lower autoscaling.maxReplicas or add nodes" (int $a.maxReplicas) (int $a.eligibleNodes) (int $a.eligibleNodes)) }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Rules of the wiki-18 path: the fetch initContainer, the model source, the rollout strategy. */}}
+{{- define "retriever.validateWiki" -}}
+{{- $v := .Values }}
+{{- $f := $v.index.fetch }}
+{{- if $f.enabled }}
+{{- if not (has $v.index.source (list "initContainer" "hostPath")) }}
+{{- fail (printf "index.fetch.enabled needs index.source \"initContainer\" (an emptyDir) or \"hostPath\" (kept on the node), not %q (a pvc is mounted read-only by the pods: fill it once with `retriever fetch` in a Job, then serve it with index.source pvc)" $v.index.source) }}
+{{- end }}
+{{- if not $v.index.subDir }}
+{{- fail "index.fetch.enabled needs index.subDir (e.g. wiki-18): the import writes beside it and renames it into place, which the volume's root cannot be" }}
+{{- end }}
+{{- if or (not $f.indexUrls) (not $f.corpusUrl) }}
+{{- fail "index.fetch.enabled needs index.fetch.indexUrls (the index file or its parts, in order) and index.fetch.corpusUrl" }}
+{{- end }}
+{{- if and $f.indexSha256 (ne (len $f.indexSha256) (len $f.indexUrls)) }}
+{{- fail (printf "index.fetch.indexSha256 has %d checksum(s) for %d URL(s): give one per part, in order, or none" (len $f.indexSha256) (len $f.indexUrls)) }}
+{{- end }}
+{{- if and (not $f.modelUrl) (eq $v.model.source "index") }}
+{{- fail "index.fetch.enabled with model.source \"index\" needs index.fetch.modelUrl (a .tar.gz of the model directory), or a model.source (image, pvc, hostPath) to copy the model from" }}
+{{- end }}
+{{- if and (eq $v.index.source "hostPath") (ne $v.index.hostPath.type "DirectoryOrCreate") (ne $v.index.hostPath.type "Directory") }}
+{{- fail "index.hostPath.type must be Directory or DirectoryOrCreate with index.fetch" }}
+{{- end }}
+{{- end }}
+{{- if and (ne $v.model.source "index") (not $v.model.path) (eq $v.model.source "image") }}
+{{- fail "model.source is \"image\" but model.path is empty: give the model directory's path inside the image" }}
+{{- end }}
+{{- if and (eq $v.model.source "pvc") (not $v.model.pvc.claimName) }}
+{{- fail "model.source is \"pvc\" but model.pvc.claimName is empty" }}
+{{- end }}
+{{- if and (eq $v.model.source "hostPath") (not $v.model.hostPath.path) }}
+{{- fail "model.source is \"hostPath\" but model.hostPath.path is empty" }}
+{{- end }}
+{{- if and (eq $v.strategy.type "RollingUpdate") (not $v.strategy.rollingUpdate) }}
+{{- fail "strategy.type RollingUpdate needs strategy.rollingUpdate (maxSurge, maxUnavailable)" }}
 {{- end }}
 {{- end }}
