@@ -25,7 +25,6 @@ from app.index import FaissIndex
 from app.index_torch import TorchFlatIndex, placement
 from app.lanes import Helpers
 from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, Manifest
-from app.progress import Progress
 from app.recall_guard import RecallGuard, start_guard
 from app.settings import Settings
 from app.spec import EncoderSpec, IndexSpec, resolve_encoder, resolve_index
