@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -391,19 +390,12 @@ def _free_port() -> int:
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    import httpx
+    from app.devtools.server import wait_http_ok
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server not ready after {timeout:.0f}s")
+    def gone() -> str | None:
+        return None if process.poll() is None else f"exited with {process.returncode}"
+
+    wait_http_ok(f"{url}/health", timeout=timeout, gone=gone, interval=0.5)
 
 
 def run_load(url: str, concurrency: int, plan: Plan, work: Path) -> dict[str, Any]:
@@ -472,13 +464,9 @@ def bench_end_to_end(
         print(log_path.read_text(errors="replace")[-3000:], flush=True)
         raise
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        from app.devtools.prometheus import stop_process
+
+        stop_process(process, timeout=60)
     return points
 
 

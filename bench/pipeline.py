@@ -8,37 +8,31 @@ times each, so drift on a shared machine hits both alike. Prints each run and th
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 
 from app.demo import ensure_demo_index
+from app.devtools.server import ServerProcess
 from app.loadclient import run, run_load
 from bench.common import ROOT
-from bench.gpu import _free_port, _wait_ready
 
 # The tests' demo index (first 300 articles): built once, shared with `make test`.
 DEMO_ARTICLES = 300
 
 
 def served_qps(pipeline: bool, concurrency: int, seconds: float, dtype: str) -> dict[str, float]:
-    port = _free_port()
     index_dir = ensure_demo_index(ROOT / ".cache", DEMO_ARTICLES, progress=False)
-    command = [sys.executable, "-m", "app", "serve", "--index-dir", str(index_dir), "--port", str(port)]
-    command += ["--index-backend", "torch", "--index-dtype", dtype, "--pipeline", str(pipeline).lower()]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "RETRIEVER_LOG_LEVEL": "warning"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    args = ["--index-dir", str(index_dir), "--index-backend", "torch", "--index-dtype", dtype]
+    args += ["--pipeline", str(pipeline).lower()]
+    log = ROOT / ".cache" / "bench" / f"pipeline-{pipeline}.log"
+    server = ServerProcess(args, log, env={"RETRIEVER_LOG_LEVEL": "warning"}).start()
     try:
-        _wait_ready(url, process, 300)
-        result = run(run_load(url, 10**9, concurrency, duration=seconds, warmup=2.0))
+        server.wait_ready(timeout=300)
+        result = run(run_load(server.url, 10**9, concurrency, duration=seconds, warmup=2.0))
         return {"qps": result.qps_closed or result.qps, "p99_ms": result.p99_ms, "errors": result.errors}
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+        server.stop(timeout=60)
 
 
 def main() -> int:

@@ -25,8 +25,6 @@ import gzip
 import json
 import os
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -37,6 +35,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from app import procstat
+from app.devtools.server import ServerProcess
 from app.warmup import evict, resident_fraction
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,58 +190,20 @@ def cold(paths: list[Path]) -> float:
     return round(resident_fraction(paths), 4)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    values: dict[str, int] = {}
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-            key, _, rest = line.partition(":")
-            values[key.strip()] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return values
-
-
 def serve_run(args: list[str], query: str, timeout: float = 600) -> dict[str, Any]:
     """`retriever serve`: seconds from process start to /health 200 and to the first answer."""
-    port = free_port()
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "RETRIEVER_DATA_DIR": str(WORK / "data-dir")}
-    log_path = WORK / f"serve-{port}.log"
+    server = ServerProcess(args, WORK / "serve.log", env={"RETRIEVER_DATA_DIR": str(WORK / "data-dir")})
     started = time.perf_counter()
-    with open(log_path, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(port), *args],
-            cwd=ROOT,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    server.start()
+    process, url = server.process, server.url
+    assert process is not None
     result: dict[str, Any] = {"args": args}
     try:
-        deadline = started + timeout
-        health: dict[str, Any] = {}
-        while time.perf_counter() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited {process.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                r = httpx.get(f"{url}/health", timeout=5)
-                if r.status_code == 200:
-                    health = r.json()
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise TimeoutError(f"not ready within {timeout}s")
+        server.wait_ready(timeout=timeout, interval=0.1)
+        health = httpx.get(f"{url}/health", timeout=5).json()
         result["health_200_s"] = round(time.perf_counter() - started, 2)
         result["health"] = health
-        memory = smaps_rollup(process.pid)
+        memory = procstat.rollup(process.pid)
         t0 = time.perf_counter()
         r = httpx.post(f"{url}/retrieve", json={"queries": [query], "topk": 3}, timeout=timeout)
         result["first_query_s"] = round(time.perf_counter() - t0, 3)
@@ -250,18 +212,13 @@ def serve_run(args: list[str], query: str, timeout: float = 600) -> dict[str, An
         t0 = time.perf_counter()
         httpx.post(f"{url}/retrieve", json={"queries": [query + " again"], "topk": 3}, timeout=timeout)
         result["second_query_s"] = round(time.perf_counter() - t0, 3)
-        after = smaps_rollup(process.pid)
+        after = procstat.rollup(process.pid)
         result["rss_gb_at_ready"] = round(memory.get("Rss", 0) / 1e9, 3)
         result["pss_gb_at_ready"] = round(memory.get("Pss", 0) / 1e9, 3)
         result["rss_gb_after_queries"] = round(after.get("Rss", 0) / 1e9, 3)
         result["pss_gb_after_queries"] = round(after.get("Pss", 0) / 1e9, 3)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop(timeout=60)
     return result
 
 

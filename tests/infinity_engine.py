@@ -9,16 +9,14 @@ the layout `--encoder-api openai` expects. Offline (HF_HUB_OFFLINE=1), telemetry
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from app.devtools.prometheus import stop_process
+from app.devtools.server import wait_http_ok
 from tests.helpers import ROOT, free_port
 
 INFINITY_VENV = ROOT / ".venv-infinity"
@@ -92,27 +90,18 @@ class Engine:
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"infinity exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"infinity not ready within {timeout}s:\n{self.log()[-3000:]}")
+        process = self.process
+
+        def gone() -> str | None:
+            return None if process.poll() is None else f"exited with {process.returncode}"
+
+        wait_http_ok(
+            f"{self.url}/v1/models", timeout=timeout, what="infinity", gone=gone, log=lambda: self.log()[-3000:]
+        )
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=20)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
