@@ -7,18 +7,17 @@ mount namespace (`unshare -m`): permission bits would not do, since the tests ru
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.devtools.server import ServerProcess
 from app.manifest import INDEX_FILE
-from tests.helpers import DEMO_LIMIT, ROOT, free_port, run_server, wait_ready
+from tests.helpers import DEMO_LIMIT, RETRIEVER, run_server
 
 READ_ONLY = 'd="$0"; mount --bind "$d" "$d" && mount -o remount,bind,ro "$d" && exec "$@"'
 
@@ -53,14 +52,11 @@ def _args(volume: Path) -> list[str]:
     return ["--index-path", str(volume / "e5_Flat.index"), "--corpus-path", str(volume / "wiki-18.jsonl")]
 
 
-def _serve_read_only(volume: Path, data_dir: Path, tmp_path: Path, extra_env: dict[str, str]):
-    port = free_port()
-    log_path = tmp_path / f"ro-{port}.log"
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "RETRIEVER_DATA_DIR": str(data_dir)} | extra_env
-    command = [*_read_only_prefix(volume), sys.executable, "-m", "app", "serve", "--port", str(port), *_args(volume)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    return process, f"http://127.0.0.1:{port}", log_path
+def _serve_read_only(volume: Path, data_dir: Path, tmp_path: Path, extra_env: dict[str, str]) -> ServerProcess:
+    """`retriever serve` on the bare files, with `volume` mounted read-only in its own namespace."""
+    env = {"RETRIEVER_DATA_DIR": str(data_dir)} | extra_env
+    executable = [*_read_only_prefix(volume), *RETRIEVER]
+    return ServerProcess(_args(volume), tmp_path / "read-only-server.log", env=env, executable=executable).start()
 
 
 def test_valid_store_beside_a_read_only_source_is_used_as_it_is(
@@ -74,17 +70,16 @@ def test_valid_store_beside_a_read_only_source_is_used_as_it_is(
     mounted = tmp_path / "mnt" / "wiki-18"
     shutil.copytree(bare_files, mounted)
     data_dir = tmp_path / "empty-cache"
-    process, url, log_path = _serve_read_only(mounted, data_dir, tmp_path, {"RETRIEVER_CACHE_SIZE_LIMIT_BYTES": "0"})
+    server = _serve_read_only(mounted, data_dir, tmp_path, {"RETRIEVER_CACHE_SIZE_LIMIT_BYTES": "0"})
     try:
-        wait_ready(url, process, timeout=180)
-        r = httpx.post(f"{url}/retrieve", json={"queries": ["epic poem"], "topk": 1}, timeout=30)
+        server.wait_ready(timeout=180)
+        r = httpx.post(f"{server.url}/retrieve", json={"queries": ["epic poem"], "topk": 1}, timeout=30)
         assert r.status_code == 200 and r.json()["result"][0][0]["contents"], r.text[:300]
-        info = httpx.get(f"{url}/info", timeout=10).json()
+        info = httpx.get(f"{server.url}/info", timeout=10).json()
         assert info["corpus"]["path"] == str(mounted / "wiki-18.jsonl.store")
     finally:
-        process.terminate()
-        process.wait(timeout=60)
-    log = log_path.read_text()
+        server.stop(60)
+    log = server.log()
     assert "converting corpus" not in log and "used as it is" in log, log[-2000:]
     assert not (data_dir / "corpora").exists() or not any((data_dir / "corpora").iterdir())
 
@@ -94,13 +89,12 @@ def test_read_only_source_and_too_small_cache_fails_at_once(
 ) -> None:
     data_dir = tmp_path / "cache"
     started = time.monotonic()
-    process, _url, log_path = _serve_read_only(
-        bare_files, data_dir, tmp_path, {"RETRIEVER_CACHE_SIZE_LIMIT_BYTES": str(64 * 1024)}
-    )
-    process.wait(timeout=120)
+    server = _serve_read_only(bare_files, data_dir, tmp_path, {"RETRIEVER_CACHE_SIZE_LIMIT_BYTES": str(64 * 1024)})
+    assert server.process is not None
+    returncode = server.process.wait(timeout=120)
     elapsed = time.monotonic() - started
-    log = log_path.read_text()
-    assert process.returncode == 3, log[-2000:]
+    log = server.log()
+    assert returncode == 3, log[-2000:]
     assert "directory is read-only and no valid store is beside it" in log
     assert "needs about" in log and "Raise the chart's `cacheSizeLimit`" in log and "RETRIEVER_DATA_DIR" in log
     assert "Traceback" not in log and "loading model" not in log, "it must fail before any loading"
