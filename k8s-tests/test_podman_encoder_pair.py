@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import env_of, render, tool_path
+from chart_helpers import env_of, render, tool_path
 from test_podman_e2e import _logs, _state, free_port, podman
 
 INDEX_IMAGE = os.environ.get("RETRIEVER_E2E_INDEX_ONLY_IMAGE", "localhost/retriever:dev-indexonly")
