@@ -523,7 +523,10 @@ def document_openapi(schema: dict[str, Any], settings: Settings) -> None:
     excluding the keys that route a body to another shape."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for model in _BODY_MODELS:
-        components.setdefault(model.__name__, model.model_json_schema(ref_template="#/components/schemas/{model}"))
+        generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in generated.pop("$defs", {}).items():  # nested models (SearchParams)
+            components.setdefault(name, definition)
+        components.setdefault(model.__name__, generated)
 
     def fields(model: type[BaseModel]) -> dict[str, Any]:
         return components[model.__name__]["properties"]

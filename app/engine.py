@@ -306,8 +306,11 @@ class Engine:
         if close_index is not None:
             await asyncio.to_thread(close_index)
         # The index and corpus mappings go with their last reference (a response being rendered
-        # may still hold the corpus for a moment): no explicit close under a reader.
-        serving.retriever = None  # type: ignore[assignment]
+        # may still hold the corpus for a moment): no explicit close under a reader. The retriever
+        # and its scheduler point at each other (`waiting`, the bound search): break that cycle and
+        # drop both, so the mappings go now, not at some later cyclic collection.
+        serving.retriever.waiting = None
+        serving.retriever = serving.scheduler = serving.sharing = None  # type: ignore[assignment]
         gc.collect()
         log.info("reload: old index released")
 

@@ -136,7 +136,7 @@ def test_cli_convert_prints_recall_table_from_a_query_file_and_serves(demo_index
         "--queries",
         str(tmp_path / "nope.txt"),
     )
-    assert missing.returncode == 2 and "nope.txt: query file not found" in missing.stderr
+    assert missing.returncode == 3 and "nope.txt: query file not found" in missing.stderr
     assert "Traceback" not in missing.stderr
     assert not (tmp_path / "x").exists()
 
@@ -149,7 +149,7 @@ def test_convert_survives_a_moved_source_corpus_check(demo_index: Path, tmp_path
     _convert(source, out, "SQ8", measure_recall=False)
     shutil.rmtree(source / CORPUS_DIR)
     done = run_cli("verify", str(out))
-    assert done.returncode == 2 and "missing" in done.stderr
+    assert done.returncode == 3 and "missing" in done.stderr
 
 
 def _recall_at_3(answer: dict, exact: np.ndarray) -> float:
@@ -231,7 +231,7 @@ def test_exact_index_runs_no_guard_and_a_wrong_reference_is_named(demo_index: Pa
     hnsw = tmp_path / "hnsw"
     _convert(demo_index, hnsw, "HNSW8", measure_recall=False)
     done = run_cli("verify", str(hnsw), env={"RETRIEVER_RECALL_REFERENCE": str(tmp_path / "missing.faiss")})
-    assert done.returncode == 2 and "missing.faiss: recall reference index not found" in done.stderr
+    assert done.returncode == 3 and "missing.faiss: recall reference index not found" in done.stderr
 
 
 @pytest.mark.parametrize("factory", ["IVF4,Flat", "IVF4,PQ16x4", "HNSW8"])

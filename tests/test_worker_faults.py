@@ -56,6 +56,12 @@ def metric(server: RunningServer, name: str) -> float:
     return sum(values)
 
 
+def every_worker_ready(server: RunningServer) -> bool:
+    """`retriever_ready` is the minimum over live workers: 1 once every worker has loaded (one
+    /health 200 only says that the worker which answered is ready)."""
+    return metric(server, "retriever_ready") == 1
+
+
 def wait_for(condition, timeout: float, what: str) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -85,6 +91,7 @@ def two_workers(demo_index: Path, tmp_path: Path) -> Iterator[RunningServer]:
     args = ["--index-dir", str(demo_index), "--workers", "2", "--heartbeat-timeout-s", str(HEARTBEAT_TIMEOUT_S)]
     with run_server(args, tmp_path, timeout=300) as running:
         wait_for(lambda: len(workers_of(running)) == 2, 60, "two workers")
+        wait_for(lambda: every_worker_ready(running), 120, "both workers ready")
         yield running
 
 
@@ -139,6 +146,7 @@ def test_a_stopped_worker_is_detected_by_its_heartbeat_and_replaced(two_workers:
 def test_workers_recycled_by_limit_max_requests_fail_no_request(demo_index: Path, tmp_path: Path, workers: int) -> None:
     args = ["--index-dir", str(demo_index), "--workers", str(workers), "--limit-max-requests", "150"]
     with run_server(args, tmp_path, timeout=300) as server:
+        wait_for(lambda: every_worker_ready(server), 120, "every worker ready")
         first = workers_of(server)
         result = Load(server.url, seconds=25, requests=1500).join()
         recycled = metric(server, 'retriever_worker_restarts_total{reason="recycled"}')
