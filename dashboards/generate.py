@@ -512,9 +512,10 @@ def retriever_dashboard() -> Json:
     )
     lay.add(
         "timeseries",
-        "Worker restarts, index swaps, token reloads",
+        "Worker restarts, index swaps, token reloads, encoder errors",
         "Events per second: workers the supervisor replaced (exited, hung by heartbeat, recycled by "
-        "--limit-max-requests), index hot swaps and auth-token file re-reads, each by outcome.",
+        "--limit-max-requests), index hot swaps, auth-token file re-reads and failed calls to a remote encoder "
+        "(--encoder-url), each by outcome or reason.",
         "short",
         [
             target(
@@ -524,6 +525,7 @@ def retriever_dashboard() -> Json:
             target(
                 f"sum by (outcome) (rate(retriever_auth_token_reloads_total{{{SEL}}}[{RI}]))", "tokens {{outcome}}", "C"
             ),
+            target(f"sum by (reason) (rate(retriever_encoder_errors_total{{{SEL}}}[{RI}]))", "encoder {{reason}}", "D"),
         ],
         w=12,
         min_=0,
