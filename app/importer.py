@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from app.builder import _replace_dir
 from app.corpus import OFFSETS_FILE, ROWS_FILE, parse_row
 from app.errors import RetrieverError
 from app.manifest import CORPUS_DIR, INDEX_FILE, MANIFEST_FILE, FileRecord, Manifest
@@ -562,13 +563,7 @@ def import_index(options: ImportOptions, on_stage: Callable[[str], None] | None 
         _verify(tmp, manifest)
         manifest.write(tmp)  # last: a directory without a manifest is never served
         timings["verify_s"] = time.perf_counter() - t0
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        _replace_dir(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ImportError_(_describe_os_error(exc, out)) from None
