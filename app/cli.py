@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -427,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="index directory to create")
     convert.add_argument("--train-size", type=int, default=100_000, help="training sample (random source vectors)")
     convert.add_argument("--chunk-size", type=int, default=65_536, help="vectors read and added per step")
-    convert.add_argument("--queries", default=None, help="recall queries: text (one per line) or jsonl with 'query'")
+    convert.add_argument(
+        "--queries", default=None, help="recall queries: text (one per line), jsonl with 'query', or .npy vectors"
+    )
     convert.add_argument("--recall-queries", type=int, default=500, help="size of the recall query sample")
     convert.add_argument("--target-recall", type=float, default=0.95, help="recall@10 the stored default must reach")
     convert.add_argument("--no-recall", action="store_true", help="skip measuring recall")
@@ -484,6 +487,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe_os_error(exc: OSError) -> str:
+    """An OS refusal as one line naming the path, with the usual fix for the two common ones."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    text = f"{where}{exc.strerror or exc}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        text += (
+            f" (this process runs as uid {os.getuid()}: make the directory writable by it; in Kubernetes the "
+            "pod's securityContext.fsGroup does that for emptyDir and most PVCs, not for hostPath)"
+        )
+    elif exc.errno == errno.ENOSPC:
+        text += " (the volume is full: give it more space, or point --work-dir / the output at a larger one)"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
@@ -494,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except RetrieverError as exc:  # a complete message for the user: no traceback
         print(f"retriever: error: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    except OSError as exc:  # the environment refused: an unwritable volume, a full disk
+        print(f"retriever: error: {_describe_os_error(exc)}", file=sys.stderr)
         return EXIT_DATA
     except SystemExit as exc:
         if isinstance(exc.code, str):  # a command's own usage message (`retriever load`)

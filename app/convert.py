@@ -347,6 +347,10 @@ def _query_sample(source: FlatSource, manifest: Manifest, options: ConvertOption
             )
         )
 
+    if options.queries is not None and options.queries.suffix == ".npy":
+        vectors = recall.read_query_vectors(options.queries, options.recall_queries, source.dimension,
+                                            manifest.normalize)  # fmt: skip
+        return recall.QuerySample(vectors, "vectors-file", f"{len(vectors)} query vectors from {options.queries}")
     if options.queries is not None:
         texts = recall.read_query_file(options.queries, options.recall_queries)
         vectors = encoder().encode(texts)

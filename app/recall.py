@@ -6,11 +6,13 @@ approximate index returns in its own top k, averaged over a query sample. Each r
 the printed table say what each setting costs and what it finds.
 
 Queries come from a user file (one query per line, or jsonl with a `query`/`question`/`text`
-field) encoded with the index's own model and query prefix. Without one, the fallback is the titles
-(first line of `contents`) of a random sample of corpus rows, encoded the same way: short texts
-whose nearest passages are real documents, like a trainer's queries. When the model cannot be
-loaded either, the last fallback is a sample of the index's own vectors plus Gaussian noise
-(renormalised): it needs no model, but it is easier than real queries. The report names the source.
+field) encoded with the index's own model and query prefix, or a `.npy` file of query vectors
+already encoded (n x d float32: queries encoded elsewhere, say by the trainer's own e5). Without
+one, the fallback is the titles (first line of `contents`) of a random sample of corpus rows,
+encoded the same way: short texts whose nearest passages are real documents, like a trainer's
+queries. When the model cannot be loaded either, the last fallback is a sample of the index's own
+vectors plus Gaussian noise (renormalised): it needs no model, but it is easier than real queries.
+The report names the source.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class RecallError(RetrieverError):
 @dataclass
 class QuerySample:
     vectors: np.ndarray
-    source: str  # "file" | "corpus-titles" | "perturbed-vectors"
+    source: str  # "file" | "vectors-file" | "corpus-titles" | "perturbed-vectors"
     description: str
 
 
@@ -79,6 +81,27 @@ def read_query_file(path: Path, limit: int) -> list[str]:
     if not queries:
         raise RecallError(f"{path}: no queries in the file")
     return queries
+
+
+def read_query_vectors(path: Path, limit: int, dimension: int, normalize: bool) -> np.ndarray:
+    """Query vectors from a `.npy` file: a 2-d float array whose width is the index's dimension."""
+    if not path.is_file():
+        raise RecallError(f"{path}: query vector file not found")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise RecallError(f"{path}: not a .npy array ({exc})") from None
+    if array.ndim != 2 or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.floating):
+        raise RecallError(f"{path}: expected a non-empty 2-d float array of query vectors, got {array.dtype} "
+                          f"{array.shape}")  # fmt: skip
+    if array.shape[1] != dimension:
+        raise RecallError(f"{path}: query vectors have dimension {array.shape[1]}, the index has {dimension}")
+    vectors = np.array(array[:limit], dtype=np.float32, order="C")  # a copy: the file is mapped read-only
+    if not np.isfinite(vectors).all():
+        raise RecallError(f"{path}: query vectors contain NaN or infinity")
+    if normalize:
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors
 
 
 def corpus_titles(store: Any, count: int, seed: int = 0) -> list[str]:

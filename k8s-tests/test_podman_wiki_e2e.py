@@ -9,7 +9,8 @@ as .jsonl.gz, model baked into the image, warm-up before ready) and run by `podm
 
 The pod uses the host's network namespace (`hostNetwork`) so that it reaches the loopback file
 server; the server is then bound to 127.0.0.1 on a free port (the test edits the rendered env), so
-nothing listens beyond loopback. Run with `make podman-wiki-e2e` (part of `make test`); podman runs
+nothing listens beyond loopback. The index emptyDir becomes a host directory owned by UID 10001,
+because podman 4.3 ignores fsGroup (see the fixture). Run with `make podman-wiki-e2e` (part of `make test`); podman runs
 under `flock /tmp/podman.lock`. Skips only when podman cannot run containers here.
 """
 
@@ -169,10 +170,27 @@ def manifest(image: str, file_server: str, tmp_path_factory: pytest.TempPathFact
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         server[probe]["httpGet"]["port"] = port
     assert env_of(server)["RETRIEVER_INDEX_DIR"] == "/data/index/wiki-18"
+    # podman 4.3 ignores the pod's fsGroup and makes an emptyDir by copying up the image's root-owned
+    # /data/index (with the demo's links in it), which UID 10001 cannot write; a kubelet gives the
+    # emptyDir to fsGroup 10001. A host directory owned by 10001 stands in for that emptyDir here.
+    volume = tmp_path_factory.mktemp("index-volume")
+    os.chown(volume, 10001, 10001)
+    index_volume = next(v for v in spec["volumes"] if v["name"] == "index")
+    assert "emptyDir" in index_volume, index_volume
+    index_volume.clear()
+    index_volume.update({"name": "index", "hostPath": {"path": str(volume), "type": "Directory"}})
+    # podman 4.3 removes a "once" init container right after it exits and sometimes races its own
+    # exit ("cannot remove container ... as it is running", podman issue 18477); "always" keeps it
+    # (and its log, which the test reads), but 4.3 then restarts it under the pod's restartPolicy
+    # (podman issue 16343): OnFailure runs it once, as a kubelet does.
+    deployment = next(d for d in rendered.docs if d["kind"] == "Deployment")
+    for metadata in (deployment["metadata"], deployment["spec"]["template"]["metadata"]):  # 4.3 reads the first
+        metadata.setdefault("annotations", {})["io.podman.annotations.init.container.type"] = "always"
+    spec["restartPolicy"] = "OnFailure"
     docs = [d for d in rendered.docs if d["kind"] in ("Deployment", "ConfigMap", "Secret")]
     path = tmp_path_factory.mktemp("kube") / "wiki-e2e.yaml"
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    return {"path": path, "base": f"http://127.0.0.1:{port}"}
+    return {"path": path, "base": f"http://127.0.0.1:{port}", "volume": volume}
 
 
 def _pods() -> list[str]:
@@ -232,3 +250,6 @@ def test_fetched_imported_pod_answers_the_known_passage(pod: dict[str, Any], art
     assert artifacts["passage"] in documents, (artifacts["query"], documents)
     logs = pod["logs"]
     assert "part_aa" in logs and "imported /data/index/wiki-18" in logs, logs[-3000:]
+    imported = pod["volume"] / "wiki-18"
+    assert (imported / "manifest.json").is_file() and (imported / "index.faiss").stat().st_size > 0
+    assert not [p.name for p in pod["volume"].iterdir() if p.name.startswith(".")], "import left temporaries"

@@ -252,3 +252,23 @@ def test_a_request_override_searches_like_the_server_setting(demo_index: Path, t
     assert index.search_params()[knob] == before == low
     index.set_search_params(**({"nprobe": high} if knob == "nprobe" else {"ef_search": high}))
     assert (index.search(vectors, 5)[1] == overridden[1]).all()
+
+
+def test_recall_from_a_vector_file_uses_those_vectors_and_names_a_wrong_width(demo_index: Path, tmp_path: Path) -> None:
+    dimension = Manifest.read(demo_index).dimension
+    flat = faiss.downcast_index(faiss.read_index(str(demo_index / INDEX_FILE)))
+    # Index rows, scaled: convert normalises the vectors like the index's queries.
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), 40 * dimension).reshape(40, dimension) * 3.0
+    path = tmp_path / "queries.npy"
+    np.save(path, vectors)
+    manifest = _convert(demo_index, tmp_path / "ivf", "IVF4,Flat", queries=path, recall_queries=25)
+    assert manifest.recall["queries"]["source"] == "vectors-file"
+    assert manifest.recall["queries"]["count"] == 25
+    # The queries are index rows themselves: at every nprobe the exact top 1 is the row, and the
+    # widest setting scans all four lists, so it finds everything exact search finds.
+    widest = max(manifest.recall["settings"], key=lambda row: row["knob"]["nprobe"])
+    assert widest["recall@10"] == 1.0
+    np.save(tmp_path / "narrow.npy", vectors[:, :16])
+    with pytest.raises(recall.RecallError, match="dimension 16, the index has"):
+        _convert(demo_index, tmp_path / "bad", "SQ8", queries=tmp_path / "narrow.npy")
+    assert not (tmp_path / "bad").exists()
