@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import httpx
 from app.demo import ensure_demo_index
 from app.devtools.server import ServerProcess
 from app.loadclient import run, run_load
+from app.procstat import tree_cpu_seconds
 from bench.common import DATA_DIR, RESULTS, ROOT, bench_queries, machine
 from bench.rollout_trace import rollout_trace
 
@@ -54,10 +56,16 @@ def offline_limit(index_dir: Path, runtime: str, min_seconds: float) -> dict[str
         return json.loads(Path(out.name).read_text())
 
 
-def served(url: str, seconds: float, questions: list[str], warmup: float = 3.0) -> dict[str, Any]:
+def served(server: ServerProcess, seconds: float, questions: list[str], warmup: float = 3.0) -> dict[str, Any]:
+    """Closed-loop load on `server`, with the core-seconds the server and this load client spent per
+    answered query: on a 2-core machine the client and the HTTP layer take cores the offline limit
+    gives to the encoder alone."""
+    assert server.process is not None
+    client_cpu, server_cpu = time.process_time(), tree_cpu_seconds(server.process.pid) or 0.0
+    started = time.perf_counter()
     result = run(
         run_load(
-            url,
+            server.url,
             requests=1_000_000,
             concurrency=CONCURRENCY,
             queries_per_request=1,
@@ -67,7 +75,21 @@ def served(url: str, seconds: float, questions: list[str], warmup: float = 3.0) 
             questions=questions,
         )
     )
-    return result.summary()
+    wall = time.perf_counter() - started
+    answered = max(1, result.qps * wall)  # the whole call, warm-up included, like the CPU clocks
+    cpu = {
+        "client_cpu_ms_per_query": round((time.process_time() - client_cpu) * 1000 / answered, 3),
+        "server_cpu_ms_per_query": round(
+            ((tree_cpu_seconds(server.process.pid) or 0.0) - server_cpu) * 1000 / answered, 3
+        ),
+    }
+    return result.summary() | cpu
+
+
+def _offline_cpu(offline: dict[str, Any]) -> float | None:
+    best = next((row for row in offline["offline_by_batch"] if row["batch_size"] == offline["offline_best_batch"]
+                 and row["layout"] == offline["offline_best_layout"]), None)  # fmt: skip
+    return best["cpu_ms_per_query"] if best else None
 
 
 def counter(metrics_text: str, series: str) -> float:
@@ -92,7 +114,7 @@ def runtimes(index_dir: Path, seconds: float, min_seconds: float, logs: Path) ->
             index_dir, logs / f"runtime-{runtime}.log", ["--encoder-runtime", runtime, "--dedup-queries", "false"]
         )
         try:
-            load = served(server.url, seconds, questions)
+            load = served(server, seconds, questions)
         finally:
             server.stop()
         row = {
@@ -104,6 +126,9 @@ def runtimes(index_dir: Path, seconds: float, min_seconds: float, logs: Path) ->
             "p50_ms": load["p50_ms"],
             "p99_ms": load["p99_ms"],
             "errors": load["errors"],
+            "offline_cpu_ms_per_query": _offline_cpu(offline),
+            "server_cpu_ms_per_query": load["server_cpu_ms_per_query"],
+            "client_cpu_ms_per_query": load["client_cpu_ms_per_query"],
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -155,15 +180,16 @@ def trace_replay(index_dir: Path, logs: Path) -> dict[str, Any]:
 def runtime_table(rows: list[dict[str, Any]], model: str) -> list[str]:
     lines = [
         f"| runtime ({model}) | offline limit q/s | served q/s (c=64 x 1) | served / offline | p50 ms | p99 ms "
-        "| errors |",
-        "|---|---|---|---|---|---|---|",
+        "| errors | CPU ms/query: offline / server / load client |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     torch_offline = next(r["offline_qps"] for r in rows if r["runtime"] == "torch")
     for r in rows:
         lines.append(
             f"| {r['runtime']} | {r['offline_qps']:.0f} ({r['offline_qps'] / torch_offline:.2f}x torch) | "
             f"{r['served_qps']:.0f} | {r['served_over_offline']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-            f"{r['errors']} |"
+            f"{r['errors']} | {r.get('offline_cpu_ms_per_query')} / {r.get('server_cpu_ms_per_query')} / "
+            f"{r.get('client_cpu_ms_per_query')} |"
         )
     return lines
 

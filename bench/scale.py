@@ -333,6 +333,9 @@ def main() -> int:
     parser.add_argument("--ivf-nlist", type=int, default=0, help="IVF lists for the speed set (0: recommended)")
     parser.add_argument("--recall-queries", type=int, default=300, help="labelled queries for the real recall")
     parser.add_argument("--report-only", action="store_true", help="redraw scale.md/png from scale.json")
+    parser.add_argument(
+        "--merge", action="store_true", help="with --only: replace those rows in scale.json, keep the others"
+    )
     args = parser.parse_args()
     if args.report_only:
         result = json.loads((RESULTS / "scale.json").read_text())
@@ -351,6 +354,9 @@ def main() -> int:
     synthetic = ensure_synthetic(args.count, model)
     rows: list[dict[str, Any]] = []
     wanted = {name for name in args.only.split(",") if name}
+    kept: list[dict[str, Any]] = []
+    if args.merge and (RESULTS / "scale.json").is_file():
+        kept = [row for row in json.loads((RESULTS / "scale.json").read_text())["rows"] if row["name"] not in wanted]
     synthetic_queries_path = SCALE_CACHE / "synthetic-queries.npy"
     np.save(synthetic_queries_path, synthetic_queries(args.recall_queries, DIMENSION))
     for entry in plan(args.count, args.hnsw_count or args.count, args.ivf_nlist):
@@ -407,12 +413,17 @@ def main() -> int:
             row["settings"].append(point)
         row["extrapolated"] = extrapolate(row, count, _cores())
         rows.append(row)
-        write_results(rows, args, load_at_start, started, final=False)  # a later failure keeps these
+        write_results(_in_plan_order(kept + rows), args, load_at_start, started, final=False)  # kept on failure
         if entry["factory"] is not None and index_dir != synthetic:
             shutil.rmtree(index_dir, ignore_errors=True)
 
-    write_results(rows, args, load_at_start, started, final=True)
+    write_results(_in_plan_order(kept + rows), args, load_at_start, started, final=True)
     return 0
+
+
+def _in_plan_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    order = ["Flat", "SQfp16", "SQ8", "IVF-SQ8", "HNSW32"]
+    return sorted(rows, key=lambda row: order.index(row["name"]) if row["name"] in order else len(order))
 
 
 def write_results(
