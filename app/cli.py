@@ -503,6 +503,9 @@ def _describe_os_error(exc: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # FAISS logs every SIMD variant it could not import at INFO ("ModuleNotFoundError ..."): noise
+    # that reads like a failure in a pod's log. Its dispatching build needs none of them.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
     try:
         return int(args.func(args) or EXIT_OK)
