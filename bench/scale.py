@@ -364,7 +364,8 @@ def main() -> int:
             continue
         count = entry.get("count", args.count)
         source = synthetic if count == args.count else subset_flat(synthetic, count)
-        row: dict[str, Any] = {"name": entry["name"], "count": count}
+        row: dict[str, Any] = {"name": entry["name"], "count": count,
+                               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
         print(f"== {entry['name']} over {count:,} x {DIMENSION}", flush=True)
         if entry["factory"] is None:
             index_dir = source
@@ -419,6 +420,15 @@ def main() -> int:
 
     write_results(_in_plan_order(kept + rows), args, load_at_start, started, final=True)
     return 0
+
+
+def _runs_note(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows merged from more than one run (`--only ... --merge`) say when each was measured."""
+    dates = {row.get("date", "?") for row in rows}
+    if len(dates) < 2:
+        return []
+    started = ", ".join(f"{row['name']} {row.get('date', '?')}" for row in rows)
+    return ["", f"Rows from more than one run (`--only ... --merge`), each row's start: {started}."]
 
 
 def _in_plan_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -535,6 +545,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"at the start (shared machine); run time {result['seconds'] / 60:.1f} min.",
         f"Speed: {result['speed_set']}, queries encoded by {result['model']}; served at concurrency "
         f"{result['concurrency']} x 1 query/request, top 10. Recall@10: {result['recall_set']}.",
+        *_runs_note(result["rows"]),
         "",
         "| index | N | knob | served q/s | offline q/s | served/offline | p50 ms | p99 ms | errors "
         "| recall@10 (real) | recall@10 (synthetic) | server RSS GiB | PSS GiB | index GiB | convert s "
