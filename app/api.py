@@ -65,8 +65,9 @@ router = APIRouter()
 SEARCH_PATHS = {"/retrieve", "/search", "/batch_search"}
 
 
-def get_engine(request: Request) -> Engine:
-    """The engine behind this app (a dependency: `engine: Annotated[Engine, Depends(get_engine)]`)."""
+async def get_engine(request: Request) -> Engine:
+    """The engine behind this app (a dependency: `engine: Annotated[Engine, Depends(get_engine)]`).
+    Async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request."""
     return request.app.state.engine
 
 

@@ -19,7 +19,7 @@ DECAY = 0.98
 MIN_SIZE_SPREAD = 2.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchCost:
     fixed_s: float
     per_query_s: float
@@ -31,6 +31,8 @@ class BatchCostModel:
         self.decay = decay
         self._w = self._x = self._y = self._xx = self._xy = 0.0
         self.observations = 0
+        # Fitted once per batch, read by every admission (the event loop asks per request).
+        self._cost: BatchCost | None = None
 
     def observe(self, size: int, seconds: float) -> None:
         if size <= 0 or seconds <= 0 or not math.isfinite(seconds):
@@ -42,11 +44,13 @@ class BatchCostModel:
         self._xx = self._xx * d + size * size
         self._xy = self._xy * d + size * seconds
         self.observations += 1
+        self._cost = self._fit()
 
     def cost(self) -> BatchCost | None:
         """The fitted line, or None before any batch has run."""
-        if not self.observations:
-            return None
+        return self._cost
+
+    def _fit(self) -> BatchCost:
         mean_x, mean_y = self._x / self._w, self._y / self._w
         variance = self._xx / self._w - mean_x * mean_x
         if variance >= MIN_SIZE_SPREAD**2:

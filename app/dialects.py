@@ -185,8 +185,8 @@ def body_of(name: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _engine(request: Request) -> Engine:
-    return request.app.state.engine
+async def _engine(request: Request) -> Engine:
+    return request.app.state.engine  # async: a plain `def` dependency would run in the thread pool
 
 
 EngineDep = Annotated[Engine, Depends(_engine)]
