@@ -29,6 +29,8 @@ import yaml
 from chart_helpers import env_of, render, tool_path
 from test_podman_e2e import _logs, _state, free_port, podman
 
+from app.devtools.server import ServerNotReady, wait_http_ok
+
 INDEX_IMAGE = os.environ.get("RETRIEVER_E2E_INDEX_ONLY_IMAGE", "localhost/retriever:dev-indexonly")
 ENCODER_IMAGE = os.environ.get("RETRIEVER_E2E_ENCODER_IMAGE", "localhost/retriever-infinity:dev")
 RELEASE = "retriever-pair"
@@ -107,22 +109,25 @@ def pair(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
         pods = [n for n in podman("pod", "ps", "--format", "{{.Name}}").stdout.split() if n.startswith(RELEASE)]
         assert len(pods) == 1, pods
         server, encoder = _container(pods[0], "-retriever"), _container(pods[0], "-encoder")
-        deadline, last = time.monotonic() + HEALTH_TIMEOUT_S, "no answer"
-        while time.monotonic() < deadline:
+
+        def container_gone() -> str | None:
             for name in (server, encoder):
                 status = _state(name).get("State", {}).get("Status")
                 if status not in ("running", "created", "configured", "initialized"):
-                    pytest.fail(f"{name} is {status}:\n{_logs(name)}")
-            try:
-                r = httpx.get(f"{manifest['base']}/health", timeout=5)
-                last = f"{r.status_code} {r.text[:300]}"
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(1)
-        else:
-            pytest.fail(f"/health not 200 within {HEALTH_TIMEOUT_S}s ({last}):\n{_logs(server)}\n{_logs(encoder)}")
+                    return f"{name} is {status}"
+            return None
+
+        try:
+            wait_http_ok(
+                f"{manifest['base']}/health",
+                timeout=HEALTH_TIMEOUT_S,
+                what="the server and encoder pair",
+                gone=container_gone,
+                log=lambda: f"{_logs(server)}\n{_logs(encoder)}",
+                interval=1.0,
+            )
+        except ServerNotReady as exc:
+            pytest.fail(str(exc))
         yield {**manifest, "server": server, "encoder": encoder}
     finally:
         podman("kube", "down", path, check=False, timeout=120)

@@ -21,10 +21,8 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -33,6 +31,8 @@ import httpx
 import pytest
 import yaml
 from chart_helpers import REPO, container, env_of, render
+
+from app.devtools.server import ServerNotReady, free_port, wait_http_ok
 
 IMAGE = os.environ.get("RETRIEVER_E2E_IMAGE", "localhost/retriever:wiki")
 RELEASE = "retriever-wiki-e2e"
@@ -58,12 +58,6 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
     if check and proc.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -215,19 +209,16 @@ def pod(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
     podman("kube", "down", path, check=False)
     try:
         podman("kube", "play", "--replace", path, timeout=600)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                r = httpx.get(f"{manifest['base']}/health", timeout=5)
-                last = f"{r.status_code} {r.text[:300]}"
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(2)
-        else:
-            pytest.fail(f"/health not 200 within {READY_TIMEOUT_S}s (last: {last}):\n{_logs(_pods())}")
+        try:
+            wait_http_ok(
+                f"{manifest['base']}/health",
+                timeout=READY_TIMEOUT_S,
+                what="the wiki-18 pod (fetch, import, warm-up)",
+                log=lambda: _logs(_pods()),
+                interval=2.0,
+            )
+        except ServerNotReady as exc:
+            pytest.fail(str(exc))
         yield {**manifest, "logs": _logs(_pods())}
     finally:
         podman("kube", "down", path, check=False, timeout=300)
