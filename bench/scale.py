@@ -363,15 +363,13 @@ def main() -> int:
     kept: list[dict[str, Any]] = []
     if args.merge and (RESULTS / "scale.json").is_file():
         kept = [row for row in json.loads((RESULTS / "scale.json").read_text())["rows"] if row["name"] not in wanted]
-    synthetic_queries_path = SCALE_CACHE / "synthetic-queries.npy"
-    np.save(synthetic_queries_path, synthetic_queries(args.recall_queries, DIMENSION))
+    speed_convert_args = synthetic_recall_args(args)
     for entry in plan(args.count, args.hnsw_count or args.count, args.ivf_nlist):
         if wanted and entry["name"] not in wanted:
             continue
         count = entry.get("count", args.count)
         source = synthetic if count == args.count else subset_flat(synthetic, count)
-        row: dict[str, Any] = {"name": entry["name"], "count": count, "run": run_started,
-                               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+        row: dict[str, Any] = {"name": entry["name"], "count": count, "run": run_started}
         print(f"== {entry['name']} over {count:,} x {DIMENSION}", flush=True)
         if entry["factory"] is None:
             index_dir = source
@@ -380,9 +378,7 @@ def main() -> int:
             speed_report: dict[str, Any] = {}
         else:
             index_dir = SCALE_CACHE / f"{entry['name']}-{count}"
-            speed = run_convert(source, index_dir, entry["factory"],
-                                ["--train-size", str(args.train_size), "--queries", str(synthetic_queries_path),
-                                 "--recall-queries", str(args.recall_queries)])  # fmt: skip
+            speed = run_convert(source, index_dir, entry["factory"], speed_convert_args)
             speed_report = speed["recall"]
             row.update(
                 factory=speed["factory"],
@@ -408,8 +404,8 @@ def main() -> int:
                 row.setdefault(stage, point[stage])  # the first knob setting feeds the extrapolation
             point.update(served(index_dir, knob, args.seconds, SCALE_CACHE / f"server-{entry['name']}.log"))
             point["served_vs_offline"] = round(point["served_qps"] / point["offline_qps"], 2)
-            point["recall@10_real"] = _real_recall(real_report, knob) if entry["factory"] else 1.0
-            point["recall@10_synthetic"] = _real_recall(speed_report, knob) if entry["factory"] else 1.0
+            point["recall@10_real"] = _recall_at_knob(real_report, knob) if entry["factory"] else 1.0
+            point["recall@10_synthetic"] = _recall_at_knob(speed_report, knob) if entry["factory"] else 1.0
             print(
                 f"   {knob or '-'}: served {point['served_qps']:.1f} q/s (offline {point['offline_qps']:.1f}, "
                 f"x{point['served_vs_offline']}), p50 {point['p50_ms']:.0f} ms, p99 {point['p99_ms']:.0f} ms, "
@@ -433,14 +429,12 @@ def remeasure_convert_memory(args: argparse.Namespace) -> None:
     result = json.loads((RESULTS / "scale.json").read_text())
     synthetic = SCALE_CACHE / f"synthetic-{args.count}x{DIMENSION}" / "index"
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    convert_args = synthetic_recall_args(args)  # as in the run: the recall step is part of the peak
     for row in result["rows"]:
         if not row.get("convert_peak_rss_bytes"):
             continue
         out = SCALE_CACHE / f"{row['name']}-memory"
-        queries = SCALE_CACHE / "synthetic-queries.npy"
-        np.save(queries, synthetic_queries(args.recall_queries, DIMENSION))
-        speed = run_convert(synthetic, out, row["factory"], ["--train-size", str(args.train_size), "--queries",
-                            str(queries), "--recall-queries", str(args.recall_queries)])  # fmt: skip
+        speed = run_convert(synthetic, out, row["factory"], convert_args)
         shutil.rmtree(out, ignore_errors=True)
         print(f"{row['name']}: peak RSS {speed['peak_rss_bytes'] / 2**30:.2f} GiB in {speed['seconds']:.0f} s")
         row["convert_peak_rss_bytes"] = speed["peak_rss_bytes"]
@@ -451,12 +445,21 @@ def remeasure_convert_memory(args: argparse.Namespace) -> None:
     render(result)
 
 
+def synthetic_recall_args(args: argparse.Namespace) -> list[str]:
+    """`retriever convert` flags for the speed set: its training sample, and recall measured with
+    held-out synthetic vectors written as a `.npy` query file."""
+    queries = SCALE_CACHE / "synthetic-queries.npy"
+    np.save(queries, synthetic_queries(args.recall_queries, DIMENSION))
+    return ["--train-size", str(args.train_size), "--queries", str(queries), "--recall-queries",
+            str(args.recall_queries)]  # fmt: skip
+
+
 def _runs_note(rows: list[dict[str, Any]]) -> list[str]:
     """Rows merged from more than one run (`--only ... --merge`) say when each was measured."""
-    runs = {row.get("run", row.get("date", "?")) for row in rows}
+    runs = {row.get("run", "?") for row in rows}
     if len(runs) < 2:
         return []
-    started = ", ".join(f"{row['name']} {row.get('run', row.get('date', '?'))}" for row in rows)
+    started = ", ".join(f"{row['name']} {row.get('run', '?')}" for row in rows)
     return ["", f"Rows from more than one run (`--only ... --merge`), each row's run: {started}."]
 
 
@@ -495,8 +498,8 @@ def render(result: dict[str, Any]) -> None:
         print(markdown(result))
 
 
-def _real_recall(report: dict[str, Any], knob: dict[str, int]) -> float | None:
-    """recall@10 on the real set at this knob setting (nearest setting the convert sweep measured)."""
+def _recall_at_knob(report: dict[str, Any], knob: dict[str, int]) -> float | None:
+    """recall@10 of a convert report at this knob setting (nearest setting the convert sweep measured)."""
     if not report:
         return None
     settings = report["settings"]
