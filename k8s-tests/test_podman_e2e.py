@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -148,6 +148,19 @@ def _state(container: str) -> dict[str, Any]:
     return json.loads(proc.stdout)[0]
 
 
+def _stopped(*containers: str) -> Callable[[], str | None]:
+    """For wait_http_ok's `gone`: why waiting is pointless (a container no longer up), or None."""
+
+    def first_stopped() -> str | None:
+        for container in containers:
+            state = _state(container).get("State", {})
+            if state.get("Status") not in ("running", "created", "configured", "initialized"):
+                return f"{container} is {state.get('Status')} (exit {state.get('ExitCode')})"
+        return None
+
+    return first_stopped
+
+
 def _our_pods() -> list[str]:
     proc = podman("pod", "ps", "--filter", f"name=^{POD_PREFIX}", "--format", "{{.Name}}", check=False)
     return [name for name in proc.stdout.split() if name.startswith(POD_PREFIX)]
@@ -173,18 +186,12 @@ def pod(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
         container = _server_container(pods[0])
         base = f"http://127.0.0.1:{manifest['port']}"
 
-        def container_gone() -> str | None:
-            state = _state(container).get("State", {})
-            if state.get("Status") in ("running", "created", "configured", "initialized"):
-                return None
-            return f"is {state.get('Status')} (exit {state.get('ExitCode')})"
-
         try:
             wait_http_ok(
                 f"{base}/health",
                 timeout=HEALTH_TIMEOUT_S,
                 what=f"container {container}",
-                gone=container_gone,
+                gone=_stopped(container),
                 log=lambda: _logs(container),
                 interval=1.0,
             )

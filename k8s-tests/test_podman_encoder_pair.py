@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 from chart_helpers import env_of, render, tool_path
-from test_podman_e2e import _logs, _state, free_port, podman
+from test_podman_e2e import _logs, _stopped, free_port, podman
 
 from app.devtools.server import ServerNotReady, wait_http_ok
 
@@ -110,19 +110,12 @@ def pair(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
         assert len(pods) == 1, pods
         server, encoder = _container(pods[0], "-retriever"), _container(pods[0], "-encoder")
 
-        def container_gone() -> str | None:
-            for name in (server, encoder):
-                status = _state(name).get("State", {}).get("Status")
-                if status not in ("running", "created", "configured", "initialized"):
-                    return f"{name} is {status}"
-            return None
-
         try:
             wait_http_ok(
                 f"{manifest['base']}/health",
                 timeout=HEALTH_TIMEOUT_S,
                 what="the server and encoder pair",
-                gone=container_gone,
+                gone=_stopped(server, encoder),
                 log=lambda: f"{_logs(server)}\n{_logs(encoder)}",
                 interval=1.0,
             )
