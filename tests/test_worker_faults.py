@@ -45,23 +45,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def metric(server: RunningServer, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    values = [
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith(name + " ") or line.startswith(name + "{")
-    ]
-    assert values, f"{name} not exported"
-    return sum(values)
-
-
-def every_worker_ready(server: RunningServer) -> bool:
-    """`retriever_ready` is the minimum over live workers: 1 once every worker has loaded (one
-    /health 200 only says that the worker which answered is ready)."""
-    return metric(server, "retriever_ready") == 1
-
-
 def wait_for(condition, timeout: float, what: str) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -91,15 +74,14 @@ def two_workers(demo_index: Path, tmp_path: Path) -> Iterator[RunningServer]:
     args = ["--index-dir", str(demo_index), "--workers", "2", "--heartbeat-timeout-s", str(HEARTBEAT_TIMEOUT_S)]
     with run_server(args, tmp_path, timeout=300) as running:
         wait_for(lambda: len(workers_of(running)) == 2, 60, "two workers")
-        wait_for(lambda: every_worker_ready(running), 120, "both workers ready")
         yield running
 
 
 def settle_after_load(server: RunningServer) -> None:
     """Once load has ended and every worker is back, the gauges read the truth."""
     wait_for(lambda: httpx.get(f"{server.url}/health", timeout=5).status_code == 200, 120, "ready again")
-    wait_for(lambda: metric(server, "retriever_inflight_requests") == 0, 30, "in-flight gauge back to 0")
-    assert metric(server, "retriever_queue_depth") == 0
+    wait_for(lambda: server.metric("retriever_inflight_requests") == 0, 30, "in-flight gauge back to 0")
+    assert server.metric("retriever_queue_depth") == 0
 
 
 def test_a_killed_worker_loses_only_its_own_requests_and_the_gauges_recover(two_workers: RunningServer) -> None:
@@ -118,7 +100,7 @@ def test_a_killed_worker_loses_only_its_own_requests_and_the_gauges_recover(two_
     assert lost <= CONCURRENCY, result.statuses
     assert result.ok > 0
     settle_after_load(two_workers)
-    assert metric(two_workers, 'retriever_worker_restarts_total{reason="exited"}') >= 1
+    assert two_workers.metric('retriever_worker_restarts_total{reason="exited"}') >= 1
 
 
 def test_a_stopped_worker_is_detected_by_its_heartbeat_and_replaced(two_workers: RunningServer) -> None:
@@ -139,17 +121,16 @@ def test_a_stopped_worker_is_detected_by_its_heartbeat_and_replaced(two_workers:
     )
     assert detected_s >= HEARTBEAT_TIMEOUT_S - 0.5
     settle_after_load(two_workers)
-    assert metric(two_workers, 'retriever_worker_restarts_total{reason="hung"}') == 1
+    assert two_workers.metric('retriever_worker_restarts_total{reason="hung"}') == 1
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_workers_recycled_by_limit_max_requests_fail_no_request(demo_index: Path, tmp_path: Path, workers: int) -> None:
     args = ["--index-dir", str(demo_index), "--workers", str(workers), "--limit-max-requests", "150"]
     with run_server(args, tmp_path, timeout=300) as server:
-        wait_for(lambda: every_worker_ready(server), 120, "every worker ready")
         first = workers_of(server)
         result = Load(server.url, seconds=25, requests=1500).join()
-        recycled = metric(server, 'retriever_worker_restarts_total{reason="recycled"}')
+        recycled = server.metric('retriever_worker_restarts_total{reason="recycled"}')
         print(
             f"\n--limit-max-requests 150, {workers} worker(s): {recycled:.0f} recycles, "
             f"{result.requests - result.ok} of {result.requests} failed, p99 {result.p99_ms:.0f} ms, "

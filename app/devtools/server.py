@@ -215,6 +215,21 @@ class ServerProcess:
             on_status=on_status or (lambda status: None),
         )
 
+    def metric(self, name: str) -> float:
+        """The sum of every sample of `name` (a bare name, or a name with its labels) on /metrics."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{"))]
+        assert values, f"{name} not exported"
+        return sum(values)
+
+    def every_worker_ready(self) -> bool:
+        """`retriever_ready` is the minimum over live workers, so 1 means every worker has loaded
+        (one /health 200 only says that the worker which answered is ready)."""
+        try:
+            return self.metric("retriever_ready") == 1
+        except httpx.HTTPError:
+            return False
+
     def stop(self, timeout: float = 30.0, reap_tree: bool = False) -> int | None:
         """SIGTERM, wait `timeout`, then SIGKILL (its process group when it has its own session).
         Returns the exit code, None when it had to be killed. With `reap_tree`, also waits (10 s) for
