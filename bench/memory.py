@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import signal
 import sys
 import threading
@@ -35,7 +34,7 @@ from pathlib import Path
 import httpx
 
 from app import procstat
-from app.devtools.server import REPO, ServerNotReady, ServerProcess
+from app.devtools.server import REPO, ServerNotReady, ServerProcess, every_worker_ready
 from app.loadclient import run_load
 from bench import memory_index, memory_plot
 
@@ -45,8 +44,6 @@ GIB = 1024**3
 MIB = 1024**2
 DEFAULT_VECTORS = 1_400_000  # x 384 x 4 bytes = 2.003 GiB of vectors
 RETRIEVER = ROOT / ".venv" / "bin" / "retriever"
-READY_RE = re.compile(r"^retriever_ready(?:\{[^}]*\})? ([0-9.eE+-]+)$", re.M)
-PID_RE = re.compile(r'^retriever_process_start_time_seconds\{[^}]*pid="(\d+)"[^}]*\}', re.M)
 
 
 @dataclass
@@ -105,22 +102,14 @@ class Watchdog(threading.Thread):
 
 
 def all_ready(url: str, workers: int) -> tuple[bool, bool]:
-    """(health 200 from the answering worker, every one of `workers` workers ready per /metrics).
-
-    With N workers on one socket a 200 from /health only speaks for the worker that answered; the
-    merged multiprocess metrics show every worker that has started (its pid) and the minimum of
-    their readiness gauges.
-    """
+    """(health 200 from the answering worker, every one of `workers` workers ready per /metrics)."""
     try:
         health = httpx.get(f"{url}/health", timeout=5).status_code == 200
-        if not health or workers == 1:
-            return health, health
-        text = httpx.get(f"{url}/metrics", timeout=10).text
     except httpx.HTTPError:
         return False, False
-    ready = READY_RE.search(text)
-    pids = set(PID_RE.findall(text))
-    return True, bool(ready and float(ready.group(1)) == 1.0 and len(pids) >= workers)
+    if not health or workers == 1:
+        return health, health
+    return True, every_worker_ready(url, workers)
 
 
 def worker_pids(tree: procstat.TreeMemory, root: int, workers: int) -> set[int]:

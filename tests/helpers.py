@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,29 +23,16 @@ __all__ = ["DEMO_LIMIT", "RETRIEVER", "ROOT", "RunningServer", "free_port", "run
 def run_server(
     args: list[str], tmp_path: Path, env: dict[str, str] | None = None, wait: bool = True, timeout: float = 180.0
 ) -> Iterator[ServerProcess]:
-    """The server started with `args` (log in tmp_path), stopped by PID. Unless `wait=False`, every
-    worker is ready first: with `--workers N` the first /health 200 comes from whichever worker
-    loaded first, and a request on the next connection may find another one still loading."""
+    """The server started with `args` (log in tmp_path), ready (every worker) unless `wait=False`;
+    stopped by PID."""
     port = free_port()
     server = ServerProcess(args, tmp_path / f"server-{port}.log", env=TEST_ENV | (env or {}), port=port).start()
     try:
         if wait:
-            started = time.monotonic()
             server.wait_ready(timeout, interval=0.05)
-            if worker_count(args) > 1:
-                left = max(1.0, timeout - (time.monotonic() - started))
-                server.wait_until(server.every_worker_ready, timeout=left)
         yield server
     finally:
         server.stop(30)
-
-
-def worker_count(args: list[str]) -> int:
-    """`--workers N` from serve's arguments (1 when absent)."""
-    for flag, value in itertools.pairwise(args):
-        if flag == "--workers":
-            return int(value)
-    return 1
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

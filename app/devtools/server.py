@@ -9,7 +9,9 @@ liveness check and a log reader.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -104,6 +106,25 @@ def wait_http_ok(
 
     wait_until(ready, timeout=timeout, what=f"{what} ({url})", gone=gone, log=log, interval=interval)
     return seen
+
+
+READY_RE = re.compile(r"^retriever_ready(?:\{[^}]*\})? ([0-9.eE+-]+)$", re.M)
+WORKER_PID_RE = re.compile(r'^retriever_process_start_time_seconds\{[^}]*pid="(\d+)"[^}]*\}', re.M)
+
+
+def every_worker_ready(url: str, workers: int) -> bool:
+    """Whether all `workers` workers are ready, per the merged multiprocess /metrics.
+
+    With N workers on one socket a /health 200 only speaks for the worker that answered. Each worker
+    that has started exports its pid, and `retriever_ready` is the minimum over live workers: both
+    are needed, since a worker that has not yet set its gauge is not in that minimum.
+    """
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return False
+    ready = READY_RE.search(text)
+    return bool(ready and float(ready.group(1)) == 1.0 and len(set(WORKER_PID_RE.findall(text))) >= workers)
 
 
 class ServerProcess:
@@ -202,11 +223,22 @@ class ServerProcess:
             ready, timeout=timeout, what=f"server {self.url}", gone=self.exited, log=self.log_tail, interval=interval
         )
 
+    @property
+    def workers(self) -> int:
+        """`--workers N` from the arguments (1 when absent)."""
+        for flag, value in itertools.pairwise(self.args):
+            if flag == "--workers":
+                return int(value)
+        return 1
+
     def wait_ready(
         self, timeout: float = 180.0, interval: float = 0.2, on_status: Callable[[int | None], None] | None = None
     ) -> list[int]:
-        """Poll /health until 200; every status seen. ServerNotReady (with the log's tail) otherwise."""
-        return wait_http_ok(
+        """Poll /health until 200, then, with `--workers N`, until every worker is ready: the first 200
+        comes from whichever worker loaded first, and the next connection may find another one still
+        loading. Every /health status seen; ServerNotReady (with the log's tail) otherwise."""
+        started = time.monotonic()
+        statuses = wait_http_ok(
             f"{self.url}/health",
             timeout=timeout,
             gone=self.exited,
@@ -214,6 +246,9 @@ class ServerProcess:
             interval=interval,
             on_status=on_status or (lambda status: None),
         )
+        if self.workers > 1:
+            self.wait_until(self.every_worker_ready, max(1.0, timeout - (time.monotonic() - started)), interval)
+        return statuses
 
     def metric(self, name: str) -> float:
         """The sum of every sample of `name` (a bare name, or a name with its labels) on /metrics."""
@@ -223,12 +258,7 @@ class ServerProcess:
         return sum(values)
 
     def every_worker_ready(self) -> bool:
-        """`retriever_ready` is the minimum over live workers, so 1 means every worker has loaded
-        (one /health 200 only says that the worker which answered is ready)."""
-        try:
-            return self.metric("retriever_ready") == 1
-        except httpx.HTTPError:
-            return False
+        return every_worker_ready(self.url, self.workers)
 
     def stop(self, timeout: float = 30.0, reap_tree: bool = False) -> int | None:
         """SIGTERM, wait `timeout`, then SIGKILL (its process group when it has its own session).
