@@ -239,11 +239,12 @@ async def _sample_process_forever() -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine: Engine = app.state.engine
     metrics.mark_started()
+    # SIGHUP: reload the index (kill -HUP 1 in the pod; the supervisor passes it to every worker).
+    # Installed before loading starts, so a reload asked meanwhile is deferred, not ignored.
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, engine.reload_latest)
     await engine.start()
     sampler = asyncio.create_task(_sample_process_forever())
-    # SIGHUP: reload the index (kill -HUP 1 in the pod; the supervisor passes it to every worker).
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, engine.reload)
     if engine.settings.load_before_serving:
         # uvicorn accepts connections only after this returns: clients wait in the listen backlog
         # (or go to the other workers) instead of meeting a loading worker's 503.

@@ -95,6 +95,9 @@ class Engine:
         self._retriever = retriever  # given (from_parts) or set by the loader thread; the newest loaded
         self._current: Serving | None = None  # what new searches use; replaced by a hot swap
         self._reloading: asyncio.Task[None] | None = None
+        # A reload asked while the first load (or, by signal, another reload) runs: that load may have
+        # read the old `current` link, so this one runs when it ends (its target; True: --index-dir).
+        self._reload_pending: Path | bool = False
         self.last_reload: dict[str, Any] | None = None  # outcome of the latest reload, for /health and /info
         self._serving: asyncio.Task[None] | None = None
         self._failure_listeners: list[Callable[[str], None]] = []
@@ -232,6 +235,7 @@ class Engine:
             status.state = "ready"
             metrics.READY.set(1)
         log.info("ready after %.1fs", status.ready_after_s)
+        self._run_pending_reload()
         if settings.warmup and settings.ready_before_warmup:
             threading.Thread(target=warm_up, args=(retriever, status), name="warm-up", daemon=True).start()
 
@@ -266,9 +270,25 @@ class Engine:
         but `last_reload` (the reason) and the metric."""
         if self._reloading is not None and not self._reloading.done():
             return False
+        if self._current is None and self.status.state == "loading":
+            self._reload_pending = index_dir or True
+            log.info("reload asked during the first load: it runs once that load serves")
+            return True
         target = index_dir or self.settings.index_dir
         self._reloading = asyncio.create_task(self._reload(target), name="index-reload")
+        self._reloading.add_done_callback(lambda _: self._run_pending_reload())
         return True
+
+    def reload_latest(self) -> None:
+        """SIGHUP's reload: the configured --index-dir again, and never lost. Asked while another
+        reload runs (it may have read the old link), it runs once more when that one ends."""
+        if not self.reload():
+            self._reload_pending = True
+
+    def _run_pending_reload(self) -> None:
+        if self._reload_pending and self.status.state in ("ready", "loading"):
+            pending, self._reload_pending = self._reload_pending, False
+            self.reload(pending if isinstance(pending, Path) else None)
 
     async def _reload(self, target: Path | None) -> None:
         started = time.time()

@@ -128,6 +128,9 @@ def _uvicorn_config(settings: Settings, app: ASGIApplication | str = "app.api:cr
 
 
 def _run_worker(settings: Settings, sock: socket.socket | None, heartbeat_path: str | None = None) -> int:
+    # A SIGHUP (reload) before the app's own handler is installed would end the process (the default
+    # action). Ignoring it loses nothing: the load that has not started yet reads the new link.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Imported here, in the worker: the supervisor never imports the app (nor torch, FAISS, metrics).
     from app.api import build_app
     from app.engine import Engine

@@ -17,8 +17,11 @@ import faiss
 import httpx
 
 from app.corpus import ROWS_FILE, CorpusStore, CorpusWriter
+from app.devtools.server import http_status
+from app.engine import Engine
 from app.loadclient import LoadResult, run_load
 from app.manifest import CORPUS_DIR, INDEX_FILE, Manifest, record_files
+from app.settings import Settings
 from tests.helpers import run_server
 
 CONCURRENCY = 8
@@ -217,22 +220,100 @@ def test_a_swap_to_a_corrupt_index_keeps_the_old_one_serving(demo_index: Path, t
     assert "reload of" in server.log() and "failed, still serving" in server.log()
 
 
+def flip(current: Path, target: Path) -> None:
+    """Point the `current` link at `target` atomically, as an operator (or the fetch job) does."""
+    staging = current.with_name(current.name + ".new")
+    staging.symlink_to(target)
+    os.replace(staging, current)
+
+
+def every_worker_serves_the_new_index(url: str, seconds: float = 90) -> bool:
+    """Until `seconds` pass, ask on new connections (so every worker is asked) for the "[B]" index."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen = set()
+        for _ in range(12):
+            with httpx.Client(base_url=url, timeout=30) as client:
+                seen.add(contents_of(client).startswith("[B]"))
+        if seen == {True}:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def test_every_worker_swaps_on_one_admin_request(demo_index: Path, tmp_path: Path) -> None:
     first = Path(shutil.copytree(demo_index, tmp_path / "v1"))
     second = reversed_copy(demo_index, tmp_path / "v2")
     current = tmp_path / "current"
     current.symlink_to(first)
     with run_server(["--index-dir", str(current), "--workers", "2"], tmp_path, timeout=300) as server:
-        staging = tmp_path / "current.new"
-        staging.symlink_to(second)
-        os.replace(staging, current)
+        flip(current, second)
         assert httpx.post(f"{server.url}/admin/reload", timeout=30).status_code == 202
-        deadline = time.monotonic() + 90
-        seen: set[bool] = set()
-        while time.monotonic() < deadline:
-            # A new connection each time, so both workers are asked.
-            seen = {contents_of(httpx.Client(base_url=server.url, timeout=30)).startswith("[B]") for _ in range(12)}
-            if seen == {True}:
-                break
-            time.sleep(0.5)
-        assert seen == {True}, "a worker still serves the old index"
+        assert every_worker_serves_the_new_index(server.url), "a worker still serves the old index"
+
+
+def test_reload_signals_during_start_up_neither_end_a_worker_nor_are_lost(demo_index: Path, tmp_path: Path) -> None:
+    """SIGHUP reaches a worker that may not have installed its handler yet (its default action ends
+    the process), or that is still loading the old link: neither may cost a worker or the reload."""
+    first = Path(shutil.copytree(demo_index, tmp_path / "v1"))
+    second = reversed_copy(demo_index, tmp_path / "v2")
+    current = tmp_path / "current"
+    current.symlink_to(first)
+    with run_server(["--index-dir", str(current), "--workers", "2"], tmp_path, wait=False) as server:
+        # The supervisor installs its SIGHUP hand-on before it forks anything (before that, a signal
+        # would end it here; a container's PID 1 ignores it), and workers spawn from then on.
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+        server.wait_until(lambda: bool(children.read_text().split()), timeout=60, interval=0.01)
+        deadline = time.monotonic() + 120
+        signals, flipped = 0, False
+        while not server.every_worker_ready():
+            assert time.monotonic() < deadline, f"not ready within 120 s\n{server.log_tail()}"
+            assert server.exited() is None, server.log_tail()
+            if not flipped and http_status(f"{server.url}/health") == 200:  # one worker serves: flip now
+                flip(current, second)
+                flipped = True
+            os.kill(server.pid, signal.SIGHUP)  # the supervisor passes it to every live worker
+            signals += 1
+            time.sleep(0.05)
+        if not flipped:  # both became ready between two polls: the reload below still has to land
+            flip(current, second)
+        os.kill(server.pid, signal.SIGHUP)
+        assert every_worker_serves_the_new_index(server.url), f"a worker still serves the old index\n{server.log()}"
+        restarts = server.metric('retriever_worker_restarts_total{reason="exited"}')
+    print(
+        f"\n{signals} SIGHUPs during a 2-worker start-up: {restarts:.0f} workers ended; "
+        "every worker serves the new link"
+    )
+    assert restarts == 0, server.log()
+    assert "Traceback" not in server.log()
+
+
+def test_a_reload_asked_during_the_first_load_runs_once_that_load_serves(
+    demo_index: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    first = Path(shutil.copytree(demo_index, tmp_path / "v1"))
+    second = reversed_copy(demo_index, tmp_path / "v2")
+    current = tmp_path / "current"
+    current.symlink_to(first)
+
+    async def scenario() -> tuple[str, dict]:
+        engine = Engine(Settings(index_dir=current, warmup=False))
+        await engine.start()
+        try:
+            assert engine.status.state == "loading"
+            flip(current, second)  # the loader thread may already have read the old link
+            assert engine.reload() is True
+            await engine.wait_ready()
+            for _ in range(600):
+                if (engine.last_reload or {}).get("state") in ("done", "failed"):
+                    break
+                await asyncio.sleep(0.1)
+            result = await engine.search(["jazz"], 1)
+            return json.loads(result.row_bytes(int(result.ids[0][0])))["contents"], dict(engine.last_reload or {})
+        finally:
+            await engine.stop()
+
+    contents, outcome = asyncio.run(scenario())
+    assert outcome.get("state") == "done", outcome
+    assert contents.startswith("[B]"), contents
