@@ -240,9 +240,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine: Engine = app.state.engine
     metrics.mark_started()
     # SIGHUP: reload the index (kill -HUP 1 in the pod; the supervisor passes it to every worker).
-    # Installed before loading starts, so a reload asked meanwhile is deferred, not ignored.
+    # Installed before loading starts, so a reload asked meanwhile is deferred, not ignored; then
+    # unblocked (app.server starts workers with it blocked), which delivers one that already waited.
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, engine.reload_latest)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     await engine.start()
     sampler = asyncio.create_task(_sample_process_forever())
     if engine.settings.load_before_serving:

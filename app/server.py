@@ -128,9 +128,9 @@ def _uvicorn_config(settings: Settings, app: ASGIApplication | str = "app.api:cr
 
 
 def _run_worker(settings: Settings, sock: socket.socket | None, heartbeat_path: str | None = None) -> int:
-    # A SIGHUP (reload) before the app's own handler is installed would end the process (the default
-    # action). Ignoring it loses nothing: the load that has not started yet reads the new link.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # SIGHUP (reload) stays blocked until the app has installed its handler (app.api's lifespan
+    # unblocks it): one sent meanwhile waits, where its default action would end the process.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     # Imported here, in the worker: the supervisor never imports the app (nor torch, FAISS, metrics).
     from app.api import build_app
     from app.engine import Engine
@@ -253,7 +253,13 @@ def _supervise(settings: Settings) -> int:
         # loads first, while the others (or the listen backlog) hold its share of the clients.
         worker_settings = settings.model_copy(update={"load_before_serving": True}) if replacement else settings
         process = context.Process(target=_worker_main, args=(worker_settings, sock, heartbeat), name="retriever-worker")
-        process.start()
+        # Born with SIGHUP blocked (the mask passes through fork, exec and the fork server), so that
+        # the reloads this supervisor passes on wait for the worker's handler instead of ending it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         return Worker(process, heartbeat)
 
     def replace(i: int, reason: str) -> None:

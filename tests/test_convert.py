@@ -90,8 +90,8 @@ def test_convert_writes_a_servable_index_sharing_the_corpus(
 
 def test_the_chosen_knob_is_stored_in_the_index(demo_index: Path, tmp_path: Path) -> None:
     manifest = _convert(demo_index, tmp_path / "hnsw", "HNSW8", recall_queries=50, target_recall=0.5)
-    index = faiss.downcast_index(faiss.read_index(str(tmp_path / "hnsw" / INDEX_FILE)))
-    assert manifest.recall["default"] == {"efSearch": index.hnsw.efSearch}
+    loaded = faiss.read_index(str(tmp_path / "hnsw" / INDEX_FILE))  # kept: the downcast view does not own it
+    assert manifest.recall["default"] == {"efSearch": faiss.downcast_index(loaded).hnsw.efSearch}
     chosen = next(row for row in manifest.recall["settings"] if row["knob"] == manifest.recall["default"])
     assert chosen["recall@10"] >= 0.5
 
@@ -256,9 +256,10 @@ def test_a_request_override_searches_like_the_server_setting(demo_index: Path, t
 
 def test_recall_from_a_vector_file_uses_those_vectors_and_names_a_wrong_width(demo_index: Path, tmp_path: Path) -> None:
     dimension = Manifest.read(demo_index).dimension
-    flat = faiss.downcast_index(faiss.read_index(str(demo_index / INDEX_FILE)))
-    # Index rows, scaled: convert normalises the vectors like the index's queries.
-    vectors = faiss.rev_swig_ptr(flat.get_xb(), 40 * dimension).reshape(40, dimension) * 3.0
+    # Index rows, scaled: convert normalises the vectors like the index's queries. (Copied out with
+    # reconstruct_n: a pointer into a downcast temporary reads freed memory once it is collected.)
+    vectors = faiss.read_index(str(demo_index / INDEX_FILE)).reconstruct_n(0, 40) * 3.0
+    assert vectors.shape == (40, dimension)
     path = tmp_path / "queries.npy"
     np.save(path, vectors)
     manifest = _convert(demo_index, tmp_path / "ivf", "IVF4,Flat", queries=path, recall_queries=25)
