@@ -266,8 +266,9 @@ class Engine:
         """Load `index_dir` (default: the configured --index-dir again, whose `current` link may
         point elsewhere now) in the background; when it has loaded and passed its self-test, new
         searches use it, batches already admitted finish on the old one, and the old one is then
-        released (unmapped). False when a reload is already running. A failed load changes nothing
-        but `last_reload` (the reason) and the metric."""
+        released (unmapped). False when a reload is already running; asked during the first load, it
+        runs once that load serves. A failed load changes nothing but `last_reload` (the reason) and
+        the metric."""
         if self._reloading is not None and not self._reloading.done():
             return False
         if self._current is None and self.status.state == "loading":

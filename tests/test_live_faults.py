@@ -260,7 +260,7 @@ def test_reload_signals_during_start_up_neither_end_a_worker_nor_are_lost(demo_i
     current = tmp_path / "current"
     current.symlink_to(first)
     with run_server(["--index-dir", str(current), "--workers", "2"], tmp_path, wait=False) as server:
-        # The supervisor installs its SIGHUP hand-on before it forks anything (before that, a signal
+        # The supervisor installs its SIGHUP handler before it forks anything (before that, a signal
         # would end it here; a container's PID 1 ignores it), and workers spawn from then on.
         children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
         server.wait_until(lambda: bool(children.read_text().split()), timeout=60, interval=0.01)

@@ -254,7 +254,8 @@ class ServerProcess:
         """The sum of every sample of `name` (a bare name, or a name with its labels) on /metrics."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
         values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{"))]
-        assert values, f"{name} not exported"
+        if not values:
+            raise LookupError(f"{name} is not on {self.url}/metrics")
         return sum(values)
 
     def every_worker_ready(self) -> bool:
