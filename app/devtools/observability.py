@@ -129,7 +129,6 @@ class RetrieverService(ServerProcess):
     ) -> None:
         self.workdir = workdir
         self.demo_limit = demo_limit
-        self.workers = workers
         args = ["--demo-limit", str(demo_limit), "--workers", str(workers), "--log-level", "warning"]
         # Drain like a pod does: on SIGTERM readiness drops at once while the server still answers
         # (scrapes included) for 3 s. Loading got fast enough that the not-ready window at start-up
