@@ -138,6 +138,13 @@ def contents_of(client: httpx.Client) -> str:
     return response.json()["result"][0][0]["contents"]
 
 
+def flip(current: Path, target: Path) -> None:
+    """Point the `current` link at `target` atomically, as an operator (or the fetch job) does."""
+    staging = current.with_name(current.name + ".new")
+    staging.symlink_to(target)
+    os.replace(staging, current)
+
+
 def mapped_paths(pid: int) -> set[str]:
     return {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "/" in line}
 
@@ -158,9 +165,7 @@ def test_an_index_swapped_under_load_fails_no_request_and_releases_the_old_one(
         assert str(first / INDEX_FILE) in mapped_paths(server.process.pid)
         thread, results = in_thread(run_load(server.url, requests=100_000, concurrency=CONCURRENCY, duration=10))
         time.sleep(3)
-        staging = tmp_path / "current.new"
-        staging.symlink_to(second)
-        os.replace(staging, current)  # flip the link, then ask for the reload
+        flip(current, second)  # then ask for the reload
         os.kill(server.process.pid, signal.SIGHUP)
         started = time.monotonic()
         while time.monotonic() - started < 60 and client.get("/health").json().get("reload", {}).get("state") != "done":
@@ -218,13 +223,6 @@ def test_a_swap_to_a_corrupt_index_keeps_the_old_one_serving(demo_index: Path, t
         metrics_text = client.get("/metrics").text
         assert 'retriever_index_swaps_total{outcome="failed"} 1.0' in metrics_text
     assert "reload of" in server.log() and "failed, still serving" in server.log()
-
-
-def flip(current: Path, target: Path) -> None:
-    """Point the `current` link at `target` atomically, as an operator (or the fetch job) does."""
-    staging = current.with_name(current.name + ".new")
-    staging.symlink_to(target)
-    os.replace(staging, current)
 
 
 def every_worker_serves_the_new_index(url: str, seconds: float = 90) -> bool:
